@@ -1,0 +1,38 @@
+# Two commands for a fresh machine: `make demo` and `make test`. Everything else is a detail.
+PYTHON ?= python3
+VENV := .venv
+STACKS := new old
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint test-new test-old bench bench-full soak clean
+
+$(VENV)/%/.installed: pyproject.toml stacks/%.txt
+	$(PYTHON) -m venv $(VENV)/$*
+	$(VENV)/$*/bin/pip install --quiet --disable-pip-version-check --upgrade pip
+	$(VENV)/$*/bin/pip install --quiet --disable-pip-version-check -r stacks/$*.txt -e '.[test,lint,bench]'
+	touch $@
+
+demo: $(VENV)/new/.installed
+	$(VENV)/new/bin/hub-prefetch demo
+
+lint: $(VENV)/new/.installed
+	$(VENV)/new/bin/ruff check src tests benchmarks
+	$(VENV)/new/bin/ruff format --check src tests benchmarks
+	$(VENV)/new/bin/mypy
+
+test-%: $(VENV)/%/.installed
+	HUB_PREFETCH_STACK=$* $(VENV)/$*/bin/python -m pytest $(PYTEST_ARGS)
+
+test: lint test-new test-old
+
+bench: $(VENV)/new/.installed $(VENV)/old/.installed
+	$(VENV)/new/bin/python -m benchmarks.run --quick
+
+bench-full: $(VENV)/new/.installed $(VENV)/old/.installed
+	$(VENV)/new/bin/python -m benchmarks.run --full
+
+soak: $(VENV)/new/.installed
+	$(VENV)/new/bin/python -m benchmarks.soak
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
