@@ -37,6 +37,7 @@ __all__ = [
     "blobs_dir",
     "is_commit_hash",
     "key_hash",
+    "listing_path",
     "lock_dir",
     "normalize_subfolder",
     "read_json",
@@ -92,7 +93,12 @@ def validate_revision(revision: object) -> str:
     if not isinstance(revision, str) or not revision:
         raise InvalidRequestError(f"invalid revision {revision!r}", revision=revision)
     parts = revision.split("/")
-    if revision.startswith("/") or "\\" in revision or "\0" in revision or any(p in ("", ".", "..") for p in parts):
+    if (
+        revision.startswith("/")
+        or "\\" in revision
+        or "\0" in revision
+        or any(p in ("", ".", "..") for p in parts)
+    ):
         raise InvalidRequestError(f"invalid revision {revision!r}: path-like", revision=revision)
     return revision
 
@@ -107,7 +113,9 @@ def normalize_subfolder(subfolder: object) -> str:
         raise InvalidRequestError(f"invalid subfolder {subfolder!r}: path-like", subfolder=subfolder)
     parts = [p for p in subfolder.split("/") if p not in ("", ".")]
     if any(p == ".." for p in parts):
-        raise InvalidRequestError(f"invalid subfolder {subfolder!r}: '..' is not allowed", subfolder=subfolder)
+        raise InvalidRequestError(
+            f"invalid subfolder {subfolder!r}: '..' is not allowed", subfolder=subfolder
+        )
     return str(PurePosixPath(*parts)) if parts else ""
 
 
@@ -143,6 +151,10 @@ def _side_dir(cache_dir: Path, repo_type: str, repo_id: str) -> Path:
 
 def stamp_path(cache_dir: Path, repo_type: str, repo_id: str, commit: str, selection_key: str) -> Path:
     return _side_dir(cache_dir, repo_type, repo_id) / "stamps" / commit / f"{selection_key}.json"
+
+
+def listing_path(cache_dir: Path, repo_type: str, repo_id: str, commit: str) -> Path:
+    return _side_dir(cache_dir, repo_type, repo_id) / "listings" / f"{commit}.json"
 
 
 def revision_record_path(cache_dir: Path, repo_type: str, repo_id: str, revision: str) -> Path:

@@ -10,7 +10,8 @@ would already catch, so ``except OSError`` around a load keeps working::
     │   ├── RepoNotFound
     │   ├── RevisionNotFound
     │   ├── EntryNotFound
-    │   └── GatedRepoError                                  401/403 without the right token
+    │   ├── GatedRepoError                                  401/403 without the right token
+    │   └── CorruptRepoFileError                            the repo's own index is broken
     ├── HubUnavailableError(HubPrefetchError, OSError)      5xx/429/connection: retried, then this
     ├── OfflineCacheMissError(HubPrefetchError, OSError)    offline and the cache cannot serve it
     ├── CacheWriteError(HubPrefetchError, OSError)          read-only cache, disk full
@@ -28,6 +29,7 @@ from typing import Any
 
 __all__ = [
     "CacheWriteError",
+    "CorruptRepoFileError",
     "EntryNotFound",
     "GatedRepoError",
     "HubAccessError",
@@ -90,6 +92,10 @@ class EntryNotFound(HubAccessError):
 
 class GatedRepoError(HubAccessError):
     """Access needs a token that was not sent or was refused."""
+
+
+class CorruptRepoFileError(HubAccessError):
+    """A file in the repo itself (an ``*.index.json``, ``model_index.json``) is invalid."""
 
 
 class HubUnavailableError(HubPrefetchError, OSError):

@@ -1,0 +1,168 @@
+"""Loaders that cannot race: a verified prefetch, a commit-pinned offline load, and healing of the two
+partial-cache shapes (and nothing else).
+
+The two shapes, both cured by a complete cache:
+
+* ``OSError: <repo> does not appear to have a file named <sub>/model-0000X-of-0000Y.safetensors``
+* ``RuntimeError: ... You set `ignore_mismatched_sizes` to `False` ...``, after transformers silently
+  fell back to a default config because ``config.json`` was not there yet.
+
+CUDA out-of-memory, a real config error, no access, no such repo: raised at once, unchanged.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import re
+import time
+from collections.abc import Callable, Iterable
+from enum import Enum
+from typing import Any, TypeVar
+
+from . import errors
+from .prefetch import PrefetchResult, Request, is_local_path, listed_path, run
+
+__all__ = ["LoadFailure", "classify_load_error", "from_pretrained_with_prefetch", "retry_on_missing_shard"]
+
+logger = logging.getLogger("hub_prefetch.heal")
+T = TypeVar("T")
+
+_MISSING_RE = re.compile(r"does not appear to have (?:a file named|files named)\s+\(?([^\s,()]+)")
+_DIFFUSERS_MISSING_RE = re.compile(r"Error no file named (\S+) found in directory")
+_MISMATCH_RE = re.compile(r"ignore_mismatched_sizes\W{0,3}\s+to\s+\W{0,3}False")
+DEFAULT_MAX_ATTEMPTS = 3
+
+
+class LoadFailure(Enum):
+    MISSING_FILE = "missing_file"
+    MISMATCHED_SIZES = "mismatched_sizes"
+
+
+def classify_load_error(exc: BaseException) -> tuple[LoadFailure, str | None] | None:
+    """The partial-cache shape of a loader error and the file it names, or None if it is another error."""
+    text = str(exc)
+    if isinstance(exc, OSError) and not isinstance(exc, errors.HubPrefetchError):
+        match = _MISSING_RE.search(text) or _DIFFUSERS_MISSING_RE.search(text)
+        if match:
+            return LoadFailure.MISSING_FILE, match.group(1).rstrip(".")
+    if isinstance(exc, RuntimeError) and _MISMATCH_RE.search(text):
+        return LoadFailure.MISMATCHED_SIZES, None
+    return None
+
+
+def retry_on_missing_shard(
+    load_fn: Callable[..., T],
+    *args: Any,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    initial_delay: float = 1.0,
+    max_delay: float = 10.0,
+    sleep: Callable[[float], None] = time.sleep,
+    **kwargs: Any,
+) -> T:
+    """Call ``load_fn(*args, **kwargs)``; retry only the "does not appear to have a file named" shape,
+    with exponential backoff, full jitter and a cap. Anything else is raised at once."""
+    attempt = 0
+    while True:
+        attempt += 1
+        try:
+            return load_fn(*args, **kwargs)
+        except OSError as exc:
+            shape = classify_load_error(exc)
+            if shape is None or shape[0] is not LoadFailure.MISSING_FILE or attempt >= max_attempts:
+                raise
+            delay = random.uniform(0, min(max_delay, initial_delay * 2 ** (attempt - 1)))
+            logger.warning(
+                "missing %s (attempt %d/%d); retrying in %.2f s", shape[1], attempt, max_attempts, delay
+            )
+            sleep(delay)
+
+
+def _prefetch(req: Request, *, force_check: bool) -> PrefetchResult | None:
+    try:
+        return run(req, force_check=force_check)
+    except errors.InvalidRequestError:
+        raise
+    except errors.HubPrefetchError as exc:
+        # Best-effort, as in the reference: the loader's own error is the one to show.
+        logger.warning(
+            "prefetch of %s failed (%s: %s); loading without it", req.label, type(exc).__name__, exc
+        )
+        return None
+
+
+def from_pretrained_with_prefetch(
+    factory: Callable[..., T],
+    model: str,
+    *,
+    subfolder: str | None = None,
+    prefetch_list: Iterable[str] | None = None,
+    local_files_only: bool = False,
+    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    **from_pretrained_kwargs: Any,
+) -> T:
+    """Call ``factory`` (a bound ``SomeModel.from_pretrained``) on a verified, commit-pinned snapshot.
+
+    The load gets ``revision=<commit>`` and ``local_files_only=True``: it makes no network request
+    and never reads a ref file a peer may be rewriting, while the loaded object still names
+    ``model``. The two partial-cache shapes are healed by a verified re-prefetch (which repairs)
+    and a reload, up to ``max_attempts`` loads; everything else is raised at once. Local paths and
+    ``local_files_only`` loads raise on the first failure.
+    """
+    kwargs = dict(from_pretrained_kwargs)
+    if subfolder is not None:
+        kwargs["subfolder"] = subfolder
+    if is_local_path(model) or local_files_only:
+        return factory(model, local_files_only=local_files_only, **kwargs)
+    subfolders = list(dict.fromkeys([*(prefetch_list or []), subfolder or ""]))
+    req = Request.build(
+        model,
+        subfolders,
+        revision=kwargs.pop("revision", None),
+        repo_type=kwargs.pop("repo_type", None),
+        variant=kwargs.get("variant"),
+        token=kwargs.get("token"),
+        cache_dir=kwargs.get("cache_dir"),
+    )
+    result = _prefetch(req, force_check=False)
+    attempt = 0
+    while True:
+        attempt += 1
+        pinned = {**kwargs, "revision": result.commit, "local_files_only": True} if result else {**kwargs}
+        if not result and req.revision != "main":
+            pinned["revision"] = req.revision
+        try:
+            return factory(model, **pinned)
+        except (OSError, RuntimeError) as exc:
+            shape = classify_load_error(exc)
+            if shape is None or attempt >= max_attempts:
+                raise
+            kind, named = shape
+            if (
+                kind is LoadFailure.MISSING_FILE
+                and result
+                and named
+                and not listed_path(req, result.commit, named)
+            ):
+                raise  # the repo really lacks it: no prefetch can heal that
+            logger.warning(
+                "%s: %s (%s) on load attempt %d/%d; re-verifying the snapshot and reloading",
+                req.label,
+                kind.value,
+                named or "config",
+                attempt,
+                max_attempts,
+            )
+            if kind is LoadFailure.MISSING_FILE and result and named and named not in result.files:
+                # The loader wants a file our selection left out: take the whole subfolder from now on.
+                req = Request.build(
+                    model,
+                    subfolders,
+                    revision=result.commit,
+                    repo_type=req.repo_type,
+                    variant=req.variant,
+                    token=req.token,
+                    all_files=True,
+                    settings=req.settings,
+                )
+            result = _prefetch(req, force_check=True) or result

@@ -1,0 +1,178 @@
+"""Check a snapshot against the Hub's listing of its commit, and find temp files of dead writers.
+
+Cheap checks (a ``stat`` per file) catch missing files, dangling links and truncated or padded
+blobs; the deep mode hashes content (sha256 for LFS files, git blob sha1 for the rest) and
+catches a same-size flipped byte.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import logging
+import os
+import time
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from filelock import FileLock, Timeout
+
+from .cache import blobs_dir, repo_folder
+
+__all__ = ["ExpectedFile", "Problem", "VerifyReport", "check_files", "clean_orphan_temps", "file_digest_ok"]
+
+logger = logging.getLogger("hub_prefetch.verify")
+
+ProblemKind = Literal["missing", "dangling", "size", "hash"]
+_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class ExpectedFile:
+    """What the Hub says one file of a commit is."""
+
+    path: str
+    size: int | None
+    sha256: str | None = None
+    blob_id: str | None = None
+
+    def to_json(self) -> list[Any]:
+        return [self.size, self.sha256, self.blob_id]
+
+    @classmethod
+    def from_json(cls, path: str, raw: list[Any]) -> ExpectedFile:
+        size, sha256, blob_id = [*list(raw), None, None, None][:3]
+        return cls(path, size, sha256, blob_id)
+
+
+@dataclass(frozen=True)
+class Problem:
+    path: str
+    kind: ProblemKind
+    detail: str
+
+
+@dataclass(frozen=True)
+class VerifyReport:
+    """The result of checking a snapshot: ``ok`` when ``problems`` is empty."""
+
+    repo_id: str
+    commit: str
+    snapshot: str
+    files: tuple[str, ...]
+    deep: bool
+    problems: tuple[Problem, ...] = ()
+    repaired: tuple[str, ...] = field(default=())
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["ok"] = self.ok
+        return data
+
+    def __str__(self) -> str:
+        head = f"{self.repo_id}@{self.commit[:12]}: {len(self.files)} files"
+        if self.ok:
+            return f"{head}, all verified{' (sha256)' if self.deep else ''}"
+        lines = [f"{head}, {len(self.problems)} problem(s):"]
+        lines += [f"  {p.kind:8s} {p.path}: {p.detail}" for p in self.problems]
+        return "\n".join(lines)
+
+
+def _git_blob_sha1(path: Path, size: int) -> str:
+    digest = hashlib.sha1(f"blob {size}\0".encode(), usedforsecurity=False)
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def file_digest_ok(path: Path, expected: ExpectedFile) -> bool | None:
+    """True/False when a hash is known for the file, None when there is nothing to compare."""
+    if expected.sha256:
+        return _sha256(path) == expected.sha256
+    if expected.blob_id and expected.size is not None:
+        return _git_blob_sha1(path, expected.size) == expected.blob_id
+    return None
+
+
+def check_file(snapshot: Path, expected: ExpectedFile, *, deep: bool) -> Problem | None:
+    target = snapshot / expected.path
+    try:
+        link = os.lstat(target)
+    except FileNotFoundError:
+        return Problem(expected.path, "missing", "not in the snapshot")
+    except NotADirectoryError:
+        return Problem(expected.path, "missing", "a parent is not a folder")
+    try:
+        size = os.stat(target).st_size
+    except FileNotFoundError:
+        return Problem(expected.path, "dangling", f"link to a missing blob ({os.readlink(target)})")
+    del link
+    if expected.size is not None and size != expected.size:
+        return Problem(expected.path, "size", f"{size} bytes, the Hub says {expected.size}")
+    if deep and file_digest_ok(target, expected) is False:
+        return Problem(expected.path, "hash", "content differs from the Hub's hash")
+    return None
+
+
+def check_files(snapshot: Path, expected: Iterable[ExpectedFile], *, deep: bool) -> list[Problem]:
+    return [p for e in expected if (p := check_file(snapshot, e, deep=deep)) is not None]
+
+
+def sizes_hold(snapshot: Path, sizes: Mapping[str, int]) -> bool:
+    """The warm-path check: every file is there (through its link) with the recorded size."""
+    for path, size in sizes.items():
+        try:
+            if os.stat(snapshot / path).st_size != size:
+                return False
+        except OSError:
+            return False
+    return True
+
+
+def clean_orphan_temps(
+    cache_dir: Path, repo_type: str, repo_id: str, *, min_age_s: float = 0.0
+) -> list[Path]:
+    """Remove ``*.incomplete`` files in ``blobs/`` whose writer is gone; return what was removed.
+
+    huggingface_hub holds ``.locks/<repo>/<etag>.lock`` while it writes ``<etag>[.<uuid>].incomplete``:
+    if we can take that lock without waiting, nobody is writing, and the temp file is an orphan.
+    ``min_age_s`` adds a second guard where kernel locks may not be honoured.
+    """
+    removed: list[Path] = []
+    folder = blobs_dir(cache_dir, repo_type, repo_id)
+    try:
+        temps = [p for p in folder.iterdir() if p.name.endswith(".incomplete")]
+    except OSError:
+        return removed
+    locks = cache_dir / ".locks" / repo_folder(cache_dir, repo_type, repo_id).name
+    for temp in temps:
+        etag = temp.name.split(".", 1)[0]
+        lock = FileLock(str(locks / f"{etag}.lock"), timeout=0)
+        try:
+            with lock, contextlib.suppress(FileNotFoundError):
+                if min_age_s and time.time() - temp.stat().st_mtime < min_age_s:
+                    continue
+                temp.unlink()
+                removed.append(temp)
+        except Timeout:
+            logger.debug("%s is being written by a live process; left alone", temp)
+        except OSError as exc:
+            logger.debug("cannot check %s: %s", temp, exc)
+    if removed:
+        logger.info("removed %d orphan temp file(s) of dead writers in %s", len(removed), folder)
+    return removed
