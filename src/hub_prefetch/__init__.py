@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .errors import (
     CacheWriteError,
+    CorruptRepoFileError,
     EntryNotFound,
     GatedRepoError,
     HubAccessError,
@@ -21,12 +22,19 @@ from .errors import (
     RevisionNotFound,
     UnknownSubfolderError,
 )
+from .heal import from_pretrained_with_prefetch, retry_on_missing_shard
+from .lock import RepoLock, repo_lock
+from .patch import install, protected_loads, uninstall
+from .pipeline import prefetch_pipeline
+from .prefetch import PrefetchResult, prefetch, prefetch_subfolders, repair, verify
 from .settings import Settings
+from .verify import VerifyReport
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CacheWriteError",
+    "CorruptRepoFileError",
     "EntryNotFound",
     "GatedRepoError",
     "HubAccessError",
@@ -36,9 +44,23 @@ __all__ = [
     "InvalidRequestError",
     "LockTimeout",
     "OfflineCacheMissError",
+    "PrefetchResult",
+    "RepoLock",
     "RepoNotFound",
     "RevisionNotFound",
     "Settings",
     "UnknownSubfolderError",
+    "VerifyReport",
     "__version__",
+    "from_pretrained_with_prefetch",
+    "install",
+    "prefetch",
+    "prefetch_pipeline",
+    "prefetch_subfolders",
+    "protected_loads",
+    "repair",
+    "repo_lock",
+    "retry_on_missing_shard",
+    "uninstall",
+    "verify",
 ]
