@@ -1,0 +1,195 @@
+"""Which lock backend a folder supports: ``flock`` where it excludes, a lease everywhere else.
+
+Two questions decide it:
+
+1. *Is the folder on a network filesystem?* There a node-local ``flock`` may succeed on every host
+   at once (Lustre and GPFS without ``-o flock``, NFS with ``local_lock``, FUSE mounts), so it cannot
+   be trusted across hosts. We read the filesystem type from ``statfs(2)``'s ``f_type`` (via ctypes)
+   and, for the name, from ``/proc/self/mountinfo`` matched on the folder's device number.
+2. *Does ``flock`` work at all here?* A probe file gets two descriptors: locking the first must
+   succeed and locking the second must conflict. A raising ``flock`` (ENOSYS, ENOLCK, EOPNOTSUPP,
+   EINVAL, EACCES, ...) or a silent no-op (both succeed) selects the lease.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import ctypes.util
+import errno
+import fcntl
+import logging
+import os
+import secrets
+import sys
+import threading
+from pathlib import Path
+
+from .errors import CacheWriteError
+
+__all__ = ["NETWORK_FS_MAGIC", "NETWORK_FS_NAMES", "filesystem_type", "probe_backend"]
+
+logger = logging.getLogger("hub_prefetch.lock")
+
+#: statfs ``f_type`` magic numbers of filesystems where a node-local lock cannot exclude other hosts.
+NETWORK_FS_MAGIC: dict[int, str] = {
+    0x6969: "nfs",
+    0x0BD00BD0: "lustre",
+    0x47504653: "gpfs",
+    0xFF534D42: "cifs",
+    0xFE534D42: "smb2",
+    0x517B: "smb",
+    0x65735546: "fuse",
+    0x00C36400: "ceph",
+    0x5346414F: "afs",
+    0x6B414653: "afs",
+    0x7461636F: "ocfs2",
+    0x01161970: "gfs2",
+    0x19830326: "beegfs",
+    0x01021997: "9p",
+    0x20030528: "orangefs",
+    0xAAD7AAEA: "panfs",
+    0x6A656A63: "virtiofs",
+}
+#: ``/proc/self/mountinfo`` fstype names (prefixes) of the same filesystems.
+NETWORK_FS_NAMES = (
+    "nfs",
+    "lustre",
+    "gpfs",
+    "cifs",
+    "smb",
+    "fuse",
+    "ceph",
+    "afs",
+    "ocfs2",
+    "gfs2",
+    "beegfs",
+    "9p",
+    "glusterfs",
+    "orangefs",
+    "pvfs2",
+    "panfs",
+    "virtiofs",
+    "wekafs",
+    "davfs",
+    "sshfs",
+)
+
+_probe_cache: dict[tuple[int, str], tuple[str, str]] = {}
+_probe_cache_lock = threading.Lock()
+
+
+class _StatfsBuf(ctypes.Structure):
+    # Linux puts f_type (a word) first in struct statfs on every 64-bit ABI; the rest is padding we
+    # never read, sized generously.
+    _fields_ = (("f_type", ctypes.c_long), ("_rest", ctypes.c_byte * 256))
+
+
+def _statfs_type(path: Path) -> int | None:
+    if not sys.platform.startswith("linux") or ctypes.sizeof(ctypes.c_long) != 8:
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        buf = _StatfsBuf()
+        if libc.statfs(os.fsencode(path), ctypes.byref(buf)) != 0:
+            return None
+    except (OSError, AttributeError):
+        return None
+    return int(buf.f_type) & 0xFFFFFFFF
+
+
+def _mountinfo_type(path: Path) -> str | None:
+    """The fstype of the mount holding ``path``, matched by device number (exact under bind mounts)."""
+    try:
+        dev = os.stat(path).st_dev
+        text = Path("/proc/self/mountinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return None
+    wanted = f"{os.major(dev)}:{os.minor(dev)}"
+    found = None
+    for line in text.splitlines():
+        left, sep, right = line.partition(" - ")
+        fields = left.split()
+        if sep and len(fields) >= 5 and fields[2] == wanted and right.split():
+            found = right.split()[0]  # the last match is the mount on top
+    return found
+
+
+def filesystem_type(path: Path) -> tuple[str | None, bool]:
+    """``(name, is_network)`` of the filesystem holding ``path``; name is None when unknown."""
+    magic = _statfs_type(path)
+    name = _mountinfo_type(path)
+    if magic is not None and magic in NETWORK_FS_MAGIC:
+        return name or NETWORK_FS_MAGIC[magic], True
+    if name is not None and name.lower().startswith(NETWORK_FS_NAMES):
+        return name, True
+    return name, False
+
+
+def _flock_works(directory: Path) -> tuple[bool, str]:
+    """Lock one probe file through two descriptors: the second must conflict."""
+    name = directory / f".probe-{secrets.token_hex(8)}"
+    flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd1 = os.open(name, flags, 0o600)
+    except OSError as exc:
+        raise CacheWriteError(
+            f"cannot create files in lock folder {directory}: {exc.strerror or exc}", path=str(directory)
+        ) from exc
+    fd2 = -1
+    try:
+        fd2 = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd1, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+            return False, f"flock raises {code} here"
+        try:
+            fcntl.flock(fd2, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True, "flock excludes on a local filesystem"
+        except OSError as exc:
+            code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+            return False, f"flock raises {code} on a conflicting descriptor"
+        return False, "flock is a silent no-op here (two descriptors did not conflict)"
+    finally:
+        for fd in (fd2, fd1):
+            if fd >= 0:
+                os.close(fd)
+        with contextlib.suppress(OSError):
+            name.unlink()
+
+
+def probe_backend(directory: Path) -> tuple[str, str]:
+    """``("flock" | "lease", reason)`` for lock files in ``directory`` (which must exist).
+
+    Cached per process and folder. Raises :class:`~hub_prefetch.errors.CacheWriteError` at once when
+    the folder is read-only.
+    """
+    directory = Path(directory)
+    try:
+        key = (os.stat(directory).st_dev, str(directory))
+    except OSError as exc:
+        raise CacheWriteError(f"lock folder {directory}: {exc.strerror or exc}", path=str(directory)) from exc
+    with _probe_cache_lock:
+        cached = _probe_cache.get(key)
+    if cached is not None:
+        return cached
+    name, remote = filesystem_type(directory)
+    if remote:
+        _flock_works(directory)  # still proves the folder is writable: a clear error, not a hang
+        result = ("lease", f"network filesystem {name}: a node-local flock does not exclude other hosts")
+    else:
+        works, detail = _flock_works(directory)
+        result = ("flock", detail) if works else ("lease", detail)
+    if result[0] == "lease":
+        logger.warning("lock folder %s: using the lease backend because %s", directory, result[1])
+    with _probe_cache_lock:
+        _probe_cache[key] = result
+    return result
+
+
+def clear_probe_cache() -> None:
+    """Forget probe results (tests that change how ``flock`` behaves call this)."""
+    with _probe_cache_lock:
+        _probe_cache.clear()
