@@ -1,0 +1,46 @@
+"""Stdlib-only worker targets that exercise the worker harness itself (no torch import, fast start)."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Any
+
+
+def now() -> float:
+    return time.time()
+
+
+def echo(**kwargs: Any) -> dict[str, Any]:
+    return kwargs
+
+
+def getenv(names: list[str]) -> dict[str, str | None]:
+    return {name: os.environ.get(name) for name in names}
+
+
+def sleep(seconds: float) -> float:
+    time.sleep(seconds)
+    return seconds
+
+
+def fail(message: str = "boom") -> None:
+    raise ValueError(message)
+
+
+def chatty(text: str = "noise") -> str:
+    """Writes to stdout the way libraries do; the protocol must survive it."""
+    print(text)  # noqa: T201 - the point of this probe
+    sys.stdout.write('{"event": "result", "ok": true, "value": "forged"}\n')
+    sys.stdout.flush()
+    os.write(1, b"raw fd 1 write\n")
+    return text
+
+
+def exit_hard(code: int = 3) -> None:
+    os._exit(code)
+
+
+def unserialisable() -> object:
+    return object()

@@ -1,0 +1,332 @@
+"""Real worker processes that start a call at the same instant: the way to test many loaders at once.
+
+Each worker is ``python -m hub_prefetch.testing._worker_main`` with the environment the caller gives
+(``HF_HOME``, ``HF_ENDPOINT``, ... set before the child imports anything). It imports the target module,
+reports READY, and blocks until :meth:`WorkerPool.go` releases every worker together; then it calls
+``module:function(**kwargs)`` and reports one JSON result. A worker that crashes, is killed, or outlives
+its deadline still yields a :class:`WorkerResult` (``ok=False``, with its ``returncode``). Every wait is
+bounded; stragglers are killed with their whole process group.
+
+    results = run_workers("hub_prefetch.testing.targets:plain_from_pretrained",
+                          {"repo_id": "tiny/sharded-bert", "subfolder": "text_encoder"},
+                          n=8, env=hf_env)
+    assert all(r.ok for r in results), [r.error for r in results]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+__all__ = ["WorkerError", "WorkerPool", "WorkerResult", "run_workers"]
+
+_STDERR_TAIL = 4000
+
+
+class WorkerError(RuntimeError):
+    """The pool could not get its workers to the starting line (a worker died or stayed silent)."""
+
+
+@dataclass
+class WorkerResult:
+    """Outcome of one worker. Times are ``time.time()`` wall clock (comparable across processes).
+
+    ``error_type`` is the exception class name, or ``"Killed"`` (killed by :meth:`WorkerPool.kill`),
+    ``"Timeout"`` (killed at the deadline), ``"Crashed"`` (exited without reporting).
+    """
+
+    index: int
+    ok: bool
+    value: Any
+    error_type: str | None
+    error: str | None
+    t_start: float
+    t_end: float
+    returncode: int | None
+    pid: int | None = None
+    traceback: str | None = None
+    stderr: str = field(default="", repr=False)
+
+    @property
+    def duration(self) -> float:
+        return self.t_end - self.t_start
+
+
+class _Worker:
+    def __init__(self, index: int, proc: subprocess.Popen[str], stderr_path: Path) -> None:
+        self.index = index
+        self.proc = proc
+        self.stderr_path = stderr_path
+        self.ready = threading.Event()
+        self.done = threading.Event()  # result line seen or stdout closed
+        self.message: dict[str, Any] | None = None
+        self.killed_by: str | None = None  # "Killed" or "Timeout"
+        self.t_exit: float | None = None
+        self.reader = threading.Thread(target=self._read, name=f"worker-{index}-stdout", daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        stdout = self.proc.stdout
+        assert stdout is not None
+        try:
+            for line in stdout:
+                try:
+                    message = json.loads(line)
+                except ValueError:
+                    continue
+                if message.get("event") == "ready":
+                    self.ready.set()
+                elif message.get("event") == "result":
+                    self.message = message
+        finally:
+            self.t_exit = time.time()
+            self.done.set()
+
+    def stderr_tail(self) -> str:
+        try:
+            data = self.stderr_path.read_bytes()
+        except OSError:
+            return ""
+        return data[-_STDERR_TAIL:].decode("utf-8", "replace")
+
+    def signal(self, sig: int) -> None:
+        # The worker leads its own session: its children (if any) go down with it.
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, sig)
+
+
+class WorkerPool:
+    """``n`` worker processes running ``target`` with the same or per-worker ``kwargs``, step by step.
+
+    ``start()`` spawns them, ``wait_ready()`` waits until all have imported the target, ``go()``
+    releases them at once, ``results()`` collects one :class:`WorkerResult` each. Use it as a context
+    manager so that nothing outlives the test.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        kwargs: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+        *,
+        n: int,
+        env: Mapping[str, str | None],
+        timeout: float = 120.0,
+        preload: Sequence[str] = (),
+        inherit_env: bool = True,
+        python: str | None = None,
+        cwd: str | Path | None = None,
+    ) -> None:
+        if ":" not in target:
+            raise ValueError(f"target must be 'module:function', not {target!r}")
+        if isinstance(kwargs, Mapping):
+            per_worker = [dict(kwargs) for _ in range(n)]
+        else:
+            per_worker = [dict(k) for k in kwargs]
+            if len(per_worker) != n:
+                raise ValueError(f"{len(per_worker)} kwargs mappings for {n} workers")
+        self.target = target
+        self.n = n
+        self.timeout = timeout
+        self._kwargs = per_worker
+        self._preload = list(preload)
+        base = dict(os.environ) if inherit_env else {}
+        for key, value in env.items():
+            if value is None:
+                base.pop(key, None)
+            else:
+                base[key] = value
+        base.setdefault("PYTHONUNBUFFERED", "1")
+        self._env = base
+        self._python = python or sys.executable
+        self._cwd = cwd
+        self._workers: list[_Worker] = []
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self.t_go: float | None = None
+
+    # ----------------------------------------------------------------------------------- lifecycle
+    def start(self) -> WorkerPool:
+        if self._workers:
+            raise RuntimeError("pool already started")
+        self._tmp = tempfile.TemporaryDirectory(prefix="hub-prefetch-workers-")
+        for index in range(self.n):
+            stderr_path = Path(self._tmp.name) / f"worker-{index}.stderr"
+            with stderr_path.open("wb") as stderr:
+                proc = subprocess.Popen(
+                    [self._python, "-m", "hub_prefetch.testing._worker_main"],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    stderr=stderr,
+                    env=self._env,
+                    cwd=self._cwd,
+                    text=True,
+                    encoding="utf-8",
+                    start_new_session=True,
+                )
+            job = {
+                "target": self.target,
+                "kwargs": self._kwargs[index],
+                "index": index,
+                "preload": self._preload,
+            }
+            self._workers.append(_Worker(index, proc, stderr_path))
+            self._send(proc.stdin, json.dumps(job))
+        return self
+
+    @property
+    def pids(self) -> list[int]:
+        return [w.proc.pid for w in self._workers]
+
+    def wait_ready(self, timeout: float | None = None) -> None:
+        """Block until every worker (not killed) is READY; raise :class:`WorkerError` if one died first."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        for worker in self._workers:
+            while not worker.ready.is_set():
+                if worker.killed_by is not None:
+                    break
+                if worker.done.is_set():
+                    message = worker.message or {}
+                    detail = message.get("traceback") or worker.stderr_tail()
+                    self.close()
+                    raise WorkerError(f"worker {worker.index} exited before READY:\n{detail}")
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    tail = worker.stderr_tail()
+                    self.close()
+                    raise WorkerError(f"worker {worker.index} not READY in time; stderr tail:\n{tail}")
+                worker.ready.wait(min(remaining, 0.05))
+
+    def go(self) -> float:
+        """Release every ready worker now; return the wall time of the release."""
+        if not self._workers:
+            raise RuntimeError("pool not started")
+        self.t_go = time.time()
+        # A pipe write per worker takes microseconds: the spread of the starts is the scheduler's.
+        for worker in self._workers:
+            if worker.killed_by is None:
+                self._send(worker.proc.stdin, "GO")
+        return self.t_go
+
+    def kill(self, index: int, sig: int = signal.SIGKILL) -> None:
+        """Kill worker ``index`` (and its process group); its result reports ``error_type='Killed'``."""
+        worker = self._workers[index]
+        if worker.proc.poll() is None:
+            worker.killed_by = "Killed"
+        worker.signal(sig)
+
+    def results(self, timeout: float | None = None) -> list[WorkerResult]:
+        """Wait (bounded) for every worker; kill those still running at the deadline."""
+        deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        for worker in self._workers:
+            remaining = deadline - time.monotonic()
+            try:
+                worker.proc.wait(timeout=max(remaining, 0.0))
+            except subprocess.TimeoutExpired:
+                if worker.killed_by is None:
+                    worker.killed_by = "Timeout"
+                worker.signal(signal.SIGKILL)
+        results = [self._collect(worker) for worker in self._workers]
+        self.close()
+        return results
+
+    def close(self) -> None:
+        """Kill whatever still runs and release pipes and temp files; idempotent."""
+        for worker in self._workers:
+            if worker.proc.poll() is None:
+                worker.signal(signal.SIGKILL)
+        for worker in self._workers:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                worker.proc.wait(timeout=10)
+            worker.reader.join(timeout=5)
+            for stream in (worker.proc.stdin, worker.proc.stdout):
+                if stream is not None:
+                    with contextlib.suppress(OSError):
+                        stream.close()
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> WorkerPool:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------------------------- helpers
+    @staticmethod
+    def _send(stream: IO[str] | None, line: str) -> None:
+        if stream is None:
+            return
+        # A worker that already died has a closed pipe: its result will say why.
+        with contextlib.suppress(BrokenPipeError, OSError, ValueError):
+            stream.write(line + "\n")
+            stream.flush()
+
+    def _collect(self, worker: _Worker) -> WorkerResult:
+        returncode = worker.proc.wait(timeout=10)
+        worker.done.wait(timeout=5)
+        stderr = worker.stderr_tail()
+        message = worker.message
+        t_end = worker.t_exit or time.time()
+        if message is not None:  # reported before any kill: the call really finished
+            return WorkerResult(
+                index=worker.index,
+                ok=bool(message["ok"]),
+                value=message.get("value"),
+                error_type=message.get("error_type"),
+                error=message.get("error"),
+                t_start=float(message["t_start"]),
+                t_end=float(message["t_end"]),
+                returncode=returncode,
+                pid=worker.proc.pid,
+                traceback=message.get("traceback"),
+                stderr=stderr,
+            )
+        t_start = self.t_go if self.t_go is not None else t_end
+        if worker.killed_by == "Timeout":
+            error = f"still running after {self.timeout:g} s: killed"
+        elif worker.killed_by == "Killed":
+            error = f"killed (returncode {returncode})"
+        else:
+            error = f"exited with returncode {returncode} without a result"
+        return WorkerResult(
+            index=worker.index,
+            ok=False,
+            value=None,
+            error_type=worker.killed_by or "Crashed",
+            error=error,
+            t_start=t_start,
+            t_end=t_end,
+            returncode=returncode,
+            pid=worker.proc.pid,
+            stderr=stderr,
+        )
+
+
+def run_workers(
+    target: str,
+    kwargs: Mapping[str, Any] | Sequence[Mapping[str, Any]],
+    *,
+    n: int,
+    env: Mapping[str, str | None],
+    timeout: float = 120.0,
+    preload: Sequence[str] = (),
+) -> list[WorkerResult]:
+    """Start ``n`` workers, wait until all are ready, release them together, return their results.
+
+    ``timeout`` bounds the start-up and, separately, the run after GO.
+    """
+    with WorkerPool(target, kwargs, n=n, env=env, timeout=timeout, preload=preload) as pool:
+        pool.wait_ready()
+        pool.go()
+        return pool.results()

@@ -1,0 +1,36 @@
+"""Test session setup: the local Hub's endpoint goes into the environment before anything imports
+huggingface_hub (it reads HF_ENDPOINT once, at import), then the fixtures load.
+
+Stdlib only above ``pytest_plugins``: importing hub_prefetch would import huggingface_hub too early.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import socket
+import tempfile
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{_free_port()}"
+os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
+os.environ["HF_HUB_DISABLE_XET"] = "1"
+os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+os.environ["HF_HUB_DISABLE_IMPLICIT_TOKEN"] = "1"
+os.environ.pop("HF_TOKEN", None)
+os.environ.pop("HF_HUB_OFFLINE", None)
+os.environ.pop("TRANSFORMERS_OFFLINE", None)
+# Loads that forget cache_dir / hf_cache must not touch the developer's own cache.
+_hf_home = tempfile.mkdtemp(prefix="hub-prefetch-tests-hf-home-")
+atexit.register(shutil.rmtree, _hf_home, ignore_errors=True)
+os.environ["HF_HOME"] = _hf_home
+os.environ.pop("HF_HUB_CACHE", None)
+
+pytest_plugins = ["hub_prefetch.testing.pytest_plugin"]
