@@ -1,0 +1,101 @@
+from __future__ import annotations
+
+import pickle
+
+import pytest
+
+from hub_prefetch import errors
+from hub_prefetch.heal import LoadFailure, classify_load_error, retry_on_missing_shard
+
+MISSING = OSError(
+    "tiny/repo does not appear to have a file named text_encoder/model-00002-of-00002.safetensors. "
+    "Checkout 'https://huggingface.co/tiny/repo/tree/main' for available files."
+)
+MISMATCH = RuntimeError(
+    "Error(s) in loading state_dict for BertModel:\n\tsize mismatch ...\n"
+    "You set `ignore_mismatched_sizes` to `False`, thus raising an error. For details look at the above report!"
+)
+
+
+def test_missing_shard_shape():
+    assert classify_load_error(MISSING) == (
+        LoadFailure.MISSING_FILE,
+        "text_encoder/model-00002-of-00002.safetensors",
+    )
+
+
+def test_mismatched_sizes_shape():
+    assert classify_load_error(MISMATCH) == (LoadFailure.MISMATCHED_SIZES, None)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"),
+        OSError("Incorrect path_or_model_id"),
+        ValueError("Unrecognized configuration class"),
+        errors.RepoNotFound("no such repo"),
+        RuntimeError("size mismatch for x"),
+    ],
+)
+def test_other_errors_are_not_healable(exc):
+    assert classify_load_error(exc) is None
+
+
+def test_retry_on_missing_shard_retries_only_that_shape():
+    sleeps: list[float] = []
+    calls = 0
+
+    def load():
+        nonlocal calls
+        calls += 1
+        if calls < 3:
+            raise MISSING
+        return "model"
+
+    assert retry_on_missing_shard(load, max_attempts=5, sleep=sleeps.append, initial_delay=1, max_delay=3) == "model"
+    assert calls == 3 and len(sleeps) == 2 and all(0 <= s <= 3 for s in sleeps)
+
+    calls = 0
+
+    def oom():
+        nonlocal calls
+        calls += 1
+        raise RuntimeError("CUDA out of memory")
+
+    with pytest.raises(RuntimeError):
+        retry_on_missing_shard(oom, sleep=sleeps.append)
+    assert calls == 1
+
+
+def test_retry_on_missing_shard_gives_up_after_max_attempts():
+    calls = 0
+
+    def load():
+        nonlocal calls
+        calls += 1
+        raise MISSING
+
+    with pytest.raises(OSError, match="does not appear"):
+        retry_on_missing_shard(load, max_attempts=3, sleep=lambda s: None)
+    assert calls == 3
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [
+        errors.LockTimeout("t", lock_path="/x", holder={"pid": 1}, waited_s=3.0),
+        errors.IncompleteSnapshotError("bad", problems=["a: size"]),
+        errors.UnknownSubfolderError("u", subfolders=["x"]),
+    ],
+)
+def test_errors_pickle_with_their_facts(exc):
+    back = pickle.loads(pickle.dumps(exc))
+    assert type(back) is type(exc) and str(back) == str(exc) and back.facts == exc.facts
+
+
+def test_error_tree_roots():
+    assert issubclass(errors.LockTimeout, TimeoutError)
+    assert issubclass(errors.RepoNotFound, OSError)
+    assert issubclass(errors.InvalidRequestError, ValueError)
+    assert all(issubclass(getattr(errors, n), errors.HubPrefetchError) for n in errors.__all__)
