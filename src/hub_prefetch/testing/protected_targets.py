@@ -1,0 +1,102 @@
+"""Worker targets for the protected path, mirroring :mod:`hub_prefetch.testing.targets`.
+
+Each returns what the plain target returns (fingerprints to compare with the built repo) plus the
+commit the load was pinned to, so a test can check that every worker ended on the same commit.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+from .. import from_pretrained_with_prefetch, prefetch, prefetch_pipeline, protected_loads
+from . import targets
+from .repos import tensor_fingerprint, tokenizer_fingerprint
+
+__all__ = [
+    "patched_plain_from_pretrained",
+    "prefetch_only",
+    "protected_from_pretrained",
+    "protected_pipeline",
+    "protected_tokenizer",
+]
+
+transformers: Any = targets.transformers
+
+
+def _commit_of(model: Any) -> str | None:
+    return getattr(getattr(model, "config", None), "_commit_hash", None)
+
+
+def protected_from_pretrained(
+    repo_id: str,
+    subfolder: str = "",
+    auto_class: str = "AutoModel",
+    revision: str | None = None,
+    prefetch_list: list[str] | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """``from_pretrained_with_prefetch(<auto_class>.from_pretrained, repo_id, subfolder=...)``."""
+    cls = getattr(transformers, auto_class)
+    model = from_pretrained_with_prefetch(
+        cls.from_pretrained,
+        repo_id,
+        subfolder=subfolder,
+        prefetch_list=prefetch_list if prefetch_list is not None else [subfolder],
+        revision=revision,
+        **kwargs,
+    )
+    return {
+        "fingerprint": tensor_fingerprint(model),
+        "config": targets.config_summary(model.config),
+        "class": type(model).__name__,
+        "name_or_path": model.name_or_path,
+        "commit": _commit_of(model),
+    }
+
+
+def protected_tokenizer(repo_id: str, subfolder: str = "", revision: str | None = None) -> dict[str, Any]:
+    tokenizer = from_pretrained_with_prefetch(
+        transformers.AutoTokenizer.from_pretrained,
+        repo_id,
+        subfolder=subfolder,
+        prefetch_list=[subfolder],
+        revision=revision,
+    )
+    return {
+        "fingerprint": tokenizer_fingerprint(tokenizer),
+        "input_ids": list(tokenizer(targets.SENTENCE)["input_ids"]),
+    }
+
+
+def patched_plain_from_pretrained(repo_id: str, subfolder: str = "", **kwargs: Any) -> dict[str, Any]:
+    """The unmodified plain target, run under :func:`hub_prefetch.protected_loads`."""
+    with protected_loads():
+        return targets.plain_from_pretrained(repo_id, subfolder=subfolder, **kwargs)
+
+
+def prefetch_only(repo_id: str, subfolders: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
+    """Just :func:`hub_prefetch.prefetch`; the result as a dict."""
+    return prefetch(repo_id, subfolders, **kwargs).to_dict()
+
+
+def protected_pipeline(repo_id: str, revision: str | None = None, **kwargs: Any) -> dict[str, Any]:
+    """:func:`prefetch_pipeline`, then a commit-pinned offline ``DiffusionPipeline.from_pretrained``."""
+    diffusers: Any = importlib.import_module("diffusers")
+    diffusers.utils.logging.set_verbosity_error()
+    diffusers.utils.logging.disable_progress_bar()
+    result = prefetch_pipeline(repo_id, revision=revision, variant=kwargs.get("variant"))
+    pipe = diffusers.DiffusionPipeline.from_pretrained(
+        repo_id, revision=result.commit, local_files_only=True, **kwargs
+    )
+    fingerprints: dict[str, str | None] = {}
+    for name, component in pipe.components.items():
+        if component is None:
+            fingerprints[name] = None
+        elif hasattr(component, "state_dict"):
+            fingerprints[name] = tensor_fingerprint(component)
+        elif hasattr(component, "get_vocab"):
+            fingerprints[name] = tokenizer_fingerprint(component)
+        else:
+            fingerprints[name] = type(component).__name__
+    return {"fingerprints": fingerprints, "commit": result.commit}
