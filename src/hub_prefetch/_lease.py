@@ -343,15 +343,23 @@ class Lease:
             except OSError as exc:
                 logger.warning("could not refresh lease %s: %s", self.path, exc.strerror or exc)
 
+    def _is_ours(self, fd: int) -> bool:
+        # The inode alone is not enough: after a takeover the evicted file's inode number is often
+        # reused at once for the new lease. The token names this hold.
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != self._ino:
+            return False
+        current = decode_record(os.pread(fd, 1 << 16, 0))
+        return current is not None and current.token == self.record.token
+
     def _refresh(self) -> bool:
         with self._write_lock:
             try:
-                fd = os.open(self.path, os.O_WRONLY | _NOFOLLOW)
+                fd = os.open(self.path, os.O_RDWR | _NOFOLLOW)
             except FileNotFoundError:
                 return False
             try:
-                st = os.fstat(fd)
-                if (st.st_dev, st.st_ino) != self._ino:
+                if not self._is_ours(fd):
                     return False
                 self.record = replace(self.record, heartbeat_at=time.time(), seq=self.record.seq + 1)
                 data = encode_record(self.record)
@@ -372,11 +380,14 @@ class Lease:
             thread.join()
         self._thread = None
         with self._write_lock:
-            try:
-                st = os.lstat(self.path)
-            except FileNotFoundError:
-                st = None
-            if st is not None and (st.st_dev, st.st_ino) == self._ino:
+            ours = False
+            with contextlib.suppress(FileNotFoundError):
+                fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW)
+                try:
+                    ours = self._is_ours(fd)
+                finally:
+                    os.close(fd)
+            if ours:
                 self.path.unlink()
             elif not self.lost:
                 logger.error("lease %s was taken from this holder before release", self.path)

@@ -51,7 +51,9 @@ def test_hostile_repo_ids_stay_in_the_lock_folder(tmp_path: Path, repo_id: str) 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(repo_id=st.text(max_size=300), revision=st.text(min_size=1, max_size=60))
-def test_any_text_key_hashes_to_a_file_in_the_lock_folder(tmp_path: Path, repo_id: str, revision: str) -> None:
+def test_any_text_key_hashes_to_a_file_in_the_lock_folder(
+    tmp_path: Path, repo_id: str, revision: str
+) -> None:
     lock = RepoLock(tmp_path, repo_id, revision=revision, backend="flock")
     with lock:
         assert lock.path.parent == tmp_path / ".locks" / "hub_prefetch"
@@ -75,7 +77,12 @@ def test_settings_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.
     lock = RepoLock(tmp_path, "org/m")
     assert (lock.backend, lock.timeout, lock.lease_ttl, lock.identity.host) == ("lease", 7.5, 3.0, "node-17")
     explicit = RepoLock(tmp_path, "org/m", backend="flock", timeout=1, lease_ttl=9, host_id="h")
-    assert (explicit.backend, explicit.timeout, explicit.lease_ttl, explicit.identity.host) == ("flock", 1, 9, "h")
+    assert (explicit.backend, explicit.timeout, explicit.lease_ttl, explicit.identity.host) == (
+        "flock",
+        1,
+        9,
+        "h",
+    )
 
 
 # -- the probe ---------------------------------------------------------------------------------------
@@ -112,7 +119,9 @@ def test_probe_detects_a_silent_no_op_flock(tmp_path: Path, monkeypatch: pytest.
     assert "no-op" in reason
 
 
-def test_forced_flock_where_it_raises_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_forced_flock_where_it_raises_is_a_clear_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     def broken(fd: int, op: int) -> None:
         raise OSError(errno.ENOLCK, "No locks available")
 
@@ -137,8 +146,10 @@ def test_network_filesystems_by_mountinfo_name(
 ) -> None:
     monkeypatch.setattr(_fsprobe, "_statfs_type", lambda path: None)
     monkeypatch.setattr(_fsprobe, "_mountinfo_type", lambda path: fstype)
-    assert probe_backend(tmp_path) == ("lease", f"network filesystem {fstype}: a node-local flock does not "
-                                                "exclude other hosts")
+    assert probe_backend(tmp_path) == (
+        "lease",
+        f"network filesystem {fstype}: a node-local flock does not exclude other hosts",
+    )
 
 
 def test_filesystem_type_of_a_real_folder_is_read() -> None:
@@ -278,7 +289,9 @@ def test_wait_is_logged_at_a_steady_cadence(tmp_path: Path, caplog: pytest.LogCa
     t.join()
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("waiting for")]
     assert 3 <= len(lines) <= 6, lines
-    assert all(f"waiting for org/m@main: held by {holder.identity.host}:{os.getpid()} for" in m for m in lines)
+    assert all(
+        f"waiting for org/m@main: held by {holder.identity.host}:{os.getpid()} for" in m for m in lines
+    )
     assert all("(lease)" in m for m in lines)
     assert any(r.getMessage().startswith("acquired org/m@main after") for r in caplog.records)
 
@@ -366,11 +379,11 @@ def test_async_tasks_exclude_each_other_and_cancel_cleanly(tmp_path: Path, backe
         events: list[str] = []
 
         async def task(name: str) -> None:
-            async with RepoLock(tmp_path, "org/m", backend=backend) as lock:
-                async with lock:  # same task re-enters
-                    events.append(f"in {name}")
-                    await asyncio.sleep(0.05)
-                    events.append(f"out {name}")
+            lock = RepoLock(tmp_path, "org/m", backend=backend)
+            async with lock, lock:  # the same task re-enters
+                events.append(f"in {name}")
+                await asyncio.sleep(0.05)
+                events.append(f"out {name}")
 
         await asyncio.gather(*(task(str(i)) for i in range(4)))
         # a waiter cancelled while blocked must not leave the lock held
@@ -404,9 +417,19 @@ def test_list_locks_reports_holders_and_stale_leases(tmp_path: Path) -> None:
     ghost = RepoLock(tmp_path, "org/c", repo_type="dataset", backend="lease")
     ghost.lock_dir.mkdir(parents=True, exist_ok=True)
     record = HolderInfo(
-        host=ghost.identity.host, pid=dead.pid, start_time=None, token="0" * 32, acquired_at=time.time(),
-        heartbeat_at=time.time(), backend="lease", repo_id="org/c", repo_type="dataset", revision="main",
-        ttl=30, boot_id=ghost.identity.boot_id, pidns=ghost.identity.pidns,
+        host=ghost.identity.host,
+        pid=dead.pid,
+        start_time=None,
+        token="0" * 32,
+        acquired_at=time.time(),
+        heartbeat_at=time.time(),
+        backend="lease",
+        repo_id="org/c",
+        repo_type="dataset",
+        revision="main",
+        ttl=30,
+        boot_id=ghost.identity.boot_id,
+        pidns=ghost.identity.pidns,
     )
     ghost.lease_path.write_bytes(encode_record(record))
     with flock, lease:
