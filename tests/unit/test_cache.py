@@ -17,14 +17,30 @@ def test_valid_repo_ids(repo_id):
 
 @pytest.mark.parametrize(
     "repo_id",
-    ["", "../x", "/abs/path", "a/b/c", "a\\b", "a--b", "a..b", ".hidden", "x.git", "a" * 97, "org/", " ", "a b"],
+    [
+        "",
+        "../x",
+        "/abs/path",
+        "a/b/c",
+        "a\\b",
+        "a--b",
+        "a..b",
+        ".hidden",
+        "x.git",
+        "a" * 97,
+        "org/",
+        " ",
+        "a b",
+    ],
 )
 def test_path_like_and_malformed_repo_ids_are_refused(repo_id):
     with pytest.raises(InvalidRequestError):
         cache.validate_repo_id(repo_id)
 
 
-@pytest.mark.parametrize("sub,expected", [("", ""), ("text_encoder", "text_encoder"), ("a//b/", "a/b"), ("./a", "a")])
+@pytest.mark.parametrize(
+    "sub,expected", [("", ""), ("text_encoder", "text_encoder"), ("a//b/", "a/b"), ("./a", "a")]
+)
 def test_subfolders_normalise(sub, expected):
     assert cache.normalize_subfolder(sub) == expected
 

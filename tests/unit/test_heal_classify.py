@@ -53,7 +53,10 @@ def test_retry_on_missing_shard_retries_only_that_shape():
             raise MISSING
         return "model"
 
-    assert retry_on_missing_shard(load, max_attempts=5, sleep=sleeps.append, initial_delay=1, max_delay=3) == "model"
+    assert (
+        retry_on_missing_shard(load, max_attempts=5, sleep=sleeps.append, initial_delay=1, max_delay=3)
+        == "model"
+    )
     assert calls == 3 and len(sleeps) == 2 and all(0 <= s <= 3 for s in sleeps)
 
     calls = 0

@@ -63,7 +63,9 @@ def test_retry_after_is_honoured():
 def test_transport_errors_retry():
     assert classify(httpx_mod.ConnectError("refused"), what="x").retry
     assert classify(httpx_mod.RemoteProtocolError("peer closed"), what="x").retry
-    assert classify(OSError("Consistency check failed: file should be of size 10 but has size 5"), what="x").retry
+    assert classify(
+        OSError("Consistency check failed: file should be of size 10 but has size 5"), what="x"
+    ).retry
 
 
 def test_other_errors_are_not_retried_and_not_wrapped():

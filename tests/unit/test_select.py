@@ -90,8 +90,12 @@ def test_unknown_subfolder_is_a_typed_error():
 
 @pytest.mark.parametrize(
     "index",
-    [b"not json", b"{}", json.dumps({"weight_map": {"a": "../../etc/passwd"}}).encode(),
-     json.dumps({"weight_map": {"a": "model-00009-of-00009.safetensors"}}).encode()],
+    [
+        b"not json",
+        b"{}",
+        json.dumps({"weight_map": {"a": "../../etc/passwd"}}).encode(),
+        json.dumps({"weight_map": {"a": "model-00009-of-00009.safetensors"}}).encode(),
+    ],
 )
 def test_corrupt_index_in_repo_is_a_typed_error(index):
     listing = dict(SHARDED)
@@ -111,8 +115,10 @@ def test_exact_selection_saves_bytes_against_reference_patterns():
 names = st.text(alphabet="abcdef-_.0123456789", min_size=1, max_size=12)
 
 
-@given(st.dictionaries(st.lists(names, min_size=1, max_size=3).map("/".join), st.just(b""), max_size=30),
-       st.lists(st.sampled_from(["", "a", "b", "a/b"]), max_size=3))
+@given(
+    st.dictionaries(st.lists(names, min_size=1, max_size=3).map("/".join), st.just(b""), max_size=30),
+    st.lists(st.sampled_from(["", "a", "b", "a/b"]), max_size=3),
+)
 def test_selection_never_invents_files(listing, subs):
     try:
         sel = select_files(listing, subs, load_index=lambda p: b'{"weight_map": {}}')

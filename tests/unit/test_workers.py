@@ -26,15 +26,16 @@ def test_go_releases_every_worker_together_and_not_before() -> None:
     with WorkerPool(f"{PROBES}:now", {}, n=4, env={}, timeout=30) as pool:
         pool.wait_ready()
         # Ready workers must block on GO: give them ample time to (wrongly) run early.
-        time.sleep(1.0)
+        time.sleep(1.5)
         t_go = pool.go()
         results = pool.results()
     assert all(r.ok for r in results), [r.error for r in results]
     starts = [r.t_start for r in results]
     assert min(starts) >= t_go, "a worker ran before GO"
-    # Released together: the spread of the starts is the scheduler's (ms), far below the 1 s held.
-    assert max(starts) - min(starts) < 0.3, starts
-    assert max(starts) - t_go < 0.5
+    # Released together: the spread of the starts is the scheduler's (ms when idle), far below the
+    # 1.5 s they were held; the bound leaves room for a loaded 2-core machine.
+    assert max(starts) - min(starts) < 1.0, starts
+    assert max(starts) - t_go < 1.0
 
 
 def test_results_carry_values_per_worker_kwargs_and_env() -> None:
@@ -114,3 +115,26 @@ def test_bad_target_fails_fast_at_start() -> None:
     assert time.monotonic() - t0 < 20
     with pytest.raises(ValueError, match="module:function"):
         WorkerPool("no_colon", {}, n=1, env={})
+
+
+def test_rounds_reuse_the_processes_with_new_kwargs() -> None:
+    with WorkerPool(f"{PROBES}:echo", {"round": 0}, n=3, env={}, timeout=30) as pool:
+        pids = pool.pids
+        pool.wait_ready()
+        pool.go()
+        first = pool.round_results()
+        pool.next_round([{"round": 1, "worker": i} for i in range(3)])
+        pool.wait_ready()
+        t_go = pool.go()
+        second = pool.round_results()
+        pool.kill(2)
+        pool.next_round({"round": 2})
+        pool.wait_ready()
+        pool.go()
+        third = pool.results()
+    assert [r.value for r in first] == [{"round": 0}] * 3
+    assert [r.value for r in second] == [{"round": 1, "worker": i} for i in range(3)]
+    assert all(r.t_start >= t_go for r in second)
+    assert [r.pid for r in second] == pids
+    assert [r.ok for r in third] == [True, True, False]
+    assert third[2].error_type == "Killed"

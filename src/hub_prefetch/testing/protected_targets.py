@@ -10,7 +10,6 @@ import importlib
 from typing import Any
 
 from .. import from_pretrained_with_prefetch, prefetch, prefetch_pipeline, protected_loads
-from . import targets
 from .repos import tensor_fingerprint, tokenizer_fingerprint
 
 __all__ = [
@@ -21,7 +20,10 @@ __all__ = [
     "protected_tokenizer",
 ]
 
-transformers: Any = targets.transformers
+
+def _targets() -> Any:
+    # Imported on first use: a prefetch-only worker should not pay for importing transformers.
+    return importlib.import_module("hub_prefetch.testing.targets")
 
 
 def _commit_of(model: Any) -> str | None:
@@ -37,7 +39,8 @@ def protected_from_pretrained(
     **kwargs: Any,
 ) -> dict[str, Any]:
     """``from_pretrained_with_prefetch(<auto_class>.from_pretrained, repo_id, subfolder=...)``."""
-    cls = getattr(transformers, auto_class)
+    targets = _targets()
+    cls = getattr(targets.transformers, auto_class)
     model = from_pretrained_with_prefetch(
         cls.from_pretrained,
         repo_id,
@@ -56,8 +59,9 @@ def protected_from_pretrained(
 
 
 def protected_tokenizer(repo_id: str, subfolder: str = "", revision: str | None = None) -> dict[str, Any]:
+    targets = _targets()
     tokenizer = from_pretrained_with_prefetch(
-        transformers.AutoTokenizer.from_pretrained,
+        targets.transformers.AutoTokenizer.from_pretrained,
         repo_id,
         subfolder=subfolder,
         prefetch_list=[subfolder],
@@ -71,6 +75,7 @@ def protected_tokenizer(repo_id: str, subfolder: str = "", revision: str | None 
 
 def patched_plain_from_pretrained(repo_id: str, subfolder: str = "", **kwargs: Any) -> dict[str, Any]:
     """The unmodified plain target, run under :func:`hub_prefetch.protected_loads`."""
+    targets = _targets()
     with protected_loads():
         return targets.plain_from_pretrained(repo_id, subfolder=subfolder, **kwargs)
 
