@@ -1,0 +1,1 @@
+"""hub-prefetch benchmarks: `python -m benchmarks.run --quick|--full` (see benchmarks/run.py)."""

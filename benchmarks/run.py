@@ -1,0 +1,344 @@
+"""Run the benchmarks: ``python -m benchmarks.run --quick`` (``make bench``) or ``--full`` (``bench-full``).
+
+One local Hub in its own process, limited to a known shared bandwidth, serves a ~21 MB sharded BERT.
+Real worker processes (forked from one pre-imported host per stack, see :mod:`benchmarks.host`) load it
+with real ``from_pretrained`` in three ways, side by side (:mod:`benchmarks.approaches`), for each cell
+of: workers x cold/warm cache x kernel locks / locks that do nothing x stack. The server's request log
+gives the bytes and requests of each cell. Results go to ``benchmarks/results/`` (``results.json``,
+``README.md`` with the tables, ``time_to_all_ready.png``, ``bytes_served.png``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .hosts import REPO_ROOT, Host, HostError
+
+RESULTS = Path(__file__).resolve().parent / "results"
+QUIET_ENV = {
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_XET": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TOKENIZERS_PARALLELISM": "false",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "PYTHONWARNINGS": "ignore",
+    "HF_TOKEN": None,
+    "HF_HUB_OFFLINE": None,
+    "TRANSFORMERS_OFFLINE": None,
+}
+METADATA_KINDS = ("revision", "tree", "head", "other")
+
+
+@dataclass
+class Config:
+    mode: str
+    workers: list[int]
+    stacks: list[str]
+    locks: list[str]
+    caches: list[str]
+    approaches: list[str]
+    bandwidth: float  # bytes per second, one link shared by every response
+    size: str
+    legacy_bin: bool
+    cell_timeout: float
+    budget_s: float
+    micro_budget_s: float
+    pythons: dict[str, str] = field(default_factory=dict)
+    out: Path = RESULTS
+    plots: bool = True
+
+
+def _default_python(stack: str) -> str:
+    for candidate in (REPO_ROOT / ".venv" / stack / "bin" / "python", Path(f"/tmp/venvs/{stack}/bin/python")):
+        if candidate.exists():
+            return str(candidate)
+    return str(REPO_ROOT / ".venv" / stack / "bin" / "python")
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument(
+        "--quick", action="store_const", dest="mode", const="quick", help="laptop run (default)"
+    )
+    mode.add_argument(
+        "--full", action="store_const", dest="mode", const="full", help="every axis, 64 workers"
+    )
+    p.add_argument("--workers", help="comma-separated worker counts (default: quick 1,8,32; full 1,8,32,64)")
+    p.add_argument("--stacks", help="comma-separated: new,old (default: quick new; full new,old)")
+    p.add_argument("--locks", default="kernel,noop", help="kernel,noop")
+    p.add_argument("--caches", default="cold,warm", help="cold,warm")
+    p.add_argument("--approaches", default="plain,reference,hub-prefetch")
+    p.add_argument("--bandwidth-mb", type=float, default=40.0, help="shared link, MB/s (default 40)")
+    p.add_argument("--size", choices=("big", "small"), default="big", help="small: a 1 MB model, for smoke")
+    p.add_argument("--no-legacy-bin", action="store_true", help="no pytorch_model.bin beside the shards")
+    p.add_argument("--python-new", default=os.environ.get("BENCH_PYTHON_NEW") or _default_python("new"))
+    p.add_argument("--python-old", default=os.environ.get("BENCH_PYTHON_OLD") or _default_python("old"))
+    p.add_argument("--cell-timeout", type=float, default=300.0)
+    p.add_argument("--budget", type=float, help="seconds; cells past it are skipped (quick 540, full 3600)")
+    p.add_argument("--micro-budget", type=float, default=2.0, help="seconds per warm-path micro benchmark")
+    p.add_argument("--out", type=Path, default=RESULTS)
+    p.add_argument("--no-plots", action="store_true")
+    a = p.parse_args(argv)
+    mode = a.mode or "quick"
+    workers = a.workers or ("1,8,32" if mode == "quick" else "1,8,32,64")
+    stacks = a.stacks or ("new" if mode == "quick" else "new,old")
+    n_list = sorted({int(x) for x in workers.split(",") if x.strip()} | {1})
+    return Config(
+        mode=mode,
+        workers=n_list,
+        stacks=[s for s in stacks.split(",") if s],
+        locks=[s for s in a.locks.split(",") if s],
+        caches=[s for s in a.caches.split(",") if s],
+        approaches=[s for s in a.approaches.split(",") if s],
+        bandwidth=a.bandwidth_mb * 1e6,
+        size=a.size,
+        legacy_bin=not a.no_legacy_bin,
+        cell_timeout=a.cell_timeout,
+        budget_s=a.budget if a.budget is not None else (540.0 if mode == "quick" else 3600.0),
+        micro_budget_s=a.micro_budget,
+        pythons={"new": a.python_new, "old": a.python_old},
+        out=a.out,
+        plots=not a.no_plots,
+    )
+
+
+def _log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _cell_metrics(raw: dict[str, Any], records: list[Any], n: int) -> dict[str, Any]:
+    workers = raw["workers"]
+    t_go = raw["t_go"]
+    ok = [w for w in workers if w.get("ok")]
+    ends = [w["t_end"] for w in workers]
+    durations = sorted(w["t_end"] - w["t_start"] for w in workers)
+    counts = dict.fromkeys(("revision", "tree", "head", "get", "other"), 0)
+    for r in records:
+        counts[r.kind] = counts.get(r.kind, 0) + 1
+    gets = [r for r in records if r.kind == "get"]
+    served = sum(r.bytes_sent for r in gets)
+    last_byte = max((r.t_end or r.t_start for r in gets), default=None)
+    rss = [w["maxrss_kb"] for w in workers if w.get("maxrss_kb")]
+    errors = sorted({f"{w.get('error_type')}: {w.get('error')}" for w in workers if not w.get("ok")})
+    return {
+        "n": n,
+        "ok": len(ok),
+        "all_ready_s": max(ends) - t_go if ends else None,
+        "median_worker_s": durations[len(durations) // 2] if durations else None,
+        "download_s": (last_byte - t_go) if last_byte is not None else 0.0,
+        "bytes_served": served,
+        "counts": counts,
+        "metadata_requests": sum(counts[k] for k in METADATA_KINDS),
+        "full_bodies": sum(1 for r in gets if r.complete and r.status == 200),
+        "maxrss_mb_max": max(rss) / 1024 if rss else None,
+        "maxrss_mb_median": sorted(rss)[len(rss) // 2] / 1024 if rss else None,
+        "errors": errors[:3],
+    }
+
+
+def _hub_env(url: str, home: Path) -> dict[str, str | None]:
+    env: dict[str, str | None] = dict(QUIET_ENV)
+    env.update({"HF_ENDPOINT": url, "HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub")})
+    return env
+
+
+def run(cfg: Config) -> dict[str, Any]:
+    from hub_prefetch.testing.server import LocalHub
+    from hub_prefetch.testing.store import RepoStore
+
+    from .model import build_repo
+
+    t0 = time.monotonic()
+    work = Path(tempfile.mkdtemp(prefix="hub-prefetch-bench-"))
+    cfg.out.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {
+        "mode": cfg.mode,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "platform": platform.platform(),
+            "python": platform.python_version(),
+        },
+        "settings": {
+            "workers": cfg.workers,
+            "stacks": cfg.stacks,
+            "locks": cfg.locks,
+            "caches": cfg.caches,
+            "approaches": cfg.approaches,
+            "bandwidth_bytes_per_s": cfg.bandwidth,
+            "cell_timeout_s": cfg.cell_timeout,
+            "budget_s": cfg.budget_s,
+        },
+        "stacks": {},
+        "cells": [],
+        "micro": {},
+        "skipped": [],
+    }
+    hub = None
+    try:
+        _log(f"building the benchmark repo in {work}")
+        store = RepoStore(work / "store")
+        repo = build_repo(store, size=cfg.size, legacy_bin=cfg.legacy_bin)
+        results["repo"] = repo.to_dict()
+        _log(
+            f"repo {repo.repo_id}: {repo.bytes_needed / 1e6:.1f} MB needed "
+            f"({repo.shards} shards), {repo.bytes_repo / 1e6:.1f} MB in the repo"
+        )
+        hub = LocalHub.spawn(store.root)
+        hub.set_bandwidth(cfg.bandwidth, shared=True)
+        results["floor_s"] = repo.bytes_needed / cfg.bandwidth
+        for stack in cfg.stacks:
+            python = cfg.pythons.get(stack, "")
+            if not python or not Path(python).exists():
+                _log(f"stack {stack}: no interpreter at {python!r}; skipped")
+                results["skipped"].append({"stack": stack, "reason": f"no interpreter at {python}"})
+                continue
+            _run_stack(cfg, stack, python, hub, repo, work, results, t0)
+    finally:
+        if hub is not None:
+            hub.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    results["duration_s"] = time.monotonic() - t0
+    return results
+
+
+def _run_stack(  # noqa: PLR0917 - one private step of run()
+    cfg: Config, stack: str, python: str, hub: Any, repo: Any, work: Path, results: dict[str, Any], t0: float
+) -> None:
+    _log(f"stack {stack}: starting the worker host under {python}")
+    host_home = work / f"host-{stack}"
+    host_home.mkdir()
+    try:
+        host = Host(python, _hub_env(hub.url, host_home), stderr_path=work / f"host-{stack}.stderr")
+    except HostError as exc:
+        _log(f"stack {stack}: host failed: {exc}")
+        results["skipped"].append({"stack": stack, "reason": str(exc)})
+        return
+    results["stacks"][stack] = {"python": python, **host.info["versions"]}
+    _log(f"stack {stack}: {host.info['versions']}")
+    cell_no = 0
+    try:
+        for locks in cfg.locks:
+            for n in cfg.workers:
+                for approach in cfg.approaches:
+                    label = f"{stack}/{locks}/{approach}/n={n}"
+                    if time.monotonic() - t0 > cfg.budget_s:
+                        results["skipped"].append({"cell": label, "reason": "time budget spent"})
+                        continue
+                    cell_no += 1
+                    home = work / "cells" / f"{stack}-{cell_no}"
+                    home.mkdir(parents=True)
+                    env = {
+                        "HF_HOME": str(home),
+                        "HF_HUB_CACHE": str(home / "hub"),
+                        "HUB_PREFETCH_LOCK": "auto",
+                    }
+                    cmd = {
+                        "op": "cell",
+                        "approach": approach,
+                        "n": n,
+                        "cache_dir": str(home / "hub"),
+                        "repo_id": repo.repo_id,
+                        "subfolder": repo.subfolder,
+                        "fingerprint": repo.fingerprint,
+                        "noop_locks": locks == "noop",
+                        "env": env,
+                        "timeout": cfg.cell_timeout,
+                    }
+                    for cache in ("cold", "warm"):
+                        if cache == "warm" and "warm" not in cfg.caches:
+                            break
+                        hub.reset_log()
+                        raw = host.call(cmd, timeout=cfg.cell_timeout)
+                        records = hub.requests()
+                        if cache == "cold" and "cold" not in cfg.caches:
+                            continue  # the cold run only filled the cache
+                        m = _cell_metrics(raw, records, n)
+                        m.update(stack=stack, locks=locks, cache=cache, approach=approach)
+                        results["cells"].append(m)
+                        _log(
+                            f"{label} {cache}: ok {m['ok']}/{n}, all-ready {m['all_ready_s']:.2f} s, "
+                            f"download {m['download_s']:.2f} s, {m['bytes_served'] / 1e6:.1f} MB, "
+                            f"requests {m['counts']}" + (f" errors {m['errors']}" if m["errors"] else "")
+                        )
+                    shutil.rmtree(home, ignore_errors=True)
+        if time.monotonic() - t0 <= cfg.budget_s + 60:
+            results["micro"][stack] = _micro(cfg, host, hub, repo, work / f"micro-{stack}")
+        else:
+            results["skipped"].append({"cell": f"{stack}/micro", "reason": "time budget spent"})
+    finally:
+        host.close()
+
+
+def _micro(cfg: Config, host: Host, hub: Any, repo: Any, home: Path) -> dict[str, Any]:
+    home.mkdir(parents=True)
+    base = {
+        "op": "micro",
+        "repo_id": repo.repo_id,
+        "subfolder": repo.subfolder,
+        "cache_dir": str(home / "hub"),
+        "commit": repo.commit,
+        "env": {"HF_HOME": str(home), "HF_HUB_CACHE": str(home / "hub"), "HUB_PREFETCH_LOCK": "auto"},
+        "budget_s": cfg.micro_budget_s,
+        "timeout": 300,
+    }
+    out: dict[str, Any] = {}
+    hub.set_bandwidth(None)
+    try:
+        for what in (
+            "warmup",
+            "prefetch",
+            "pinned_load",
+            "hub-prefetch",
+            "plain",
+            "snapshot_download",
+            "lock_cost",
+        ):
+            hub.reset_log()
+            answer = host.call({**base, "what": what}, timeout=300)
+            records = hub.requests()
+            if not answer.get("ok"):
+                out[what] = {"error": answer.get("error")}
+                _log(f"micro {what}: {answer.get('error')}")
+                continue
+            value = answer["value"]
+            if what != "warmup" and "n" in value:
+                # +1: the untimed first call
+                value["requests_per_call"] = len(records) / (value["n"] + 1)
+            out[what] = value
+            _log(f"micro {what}: {json.dumps(value)[:200]}")
+    finally:
+        hub.set_bandwidth(cfg.bandwidth, shared=True)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_args(argv)
+    _log(f"mode {cfg.mode}: workers {cfg.workers}, stacks {cfg.stacks}, locks {cfg.locks}")
+    results = run(cfg)
+    from .report import write_report
+
+    paths = write_report(results, cfg.out, plots=cfg.plots)
+    _log(f"done in {results['duration_s']:.0f} s; wrote {', '.join(str(p) for p in paths)}")
+    failed = [c for c in results["cells"] if c["ok"] < c["n"]]
+    if failed:
+        _log(f"{len(failed)} cells had failed loads (see the table)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
