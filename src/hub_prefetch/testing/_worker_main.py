@@ -6,6 +6,8 @@ Protocol (one JSON object per line)::
     child  -> stdout  {"event": "ready", "pid": 1234}           target imported, waiting
     parent -> stdin   GO
     child  -> stdout  {"event": "result", "ok": true, "value": ..., "t_start": ..., "t_end": ...}
+    parent -> stdin   {"kwargs": {...}}        optional: one more round in the same process
+    child  -> stdout  {"event": "ready", ...}  ... GO, result, and so on; EOF on stdin ends the worker
 
 The environment (``HF_HOME``, ``HF_ENDPOINT``, ...) is the process environment given by the parent, so it
 is in place before anything imports huggingface_hub. The target module is imported before READY so that
@@ -60,13 +62,24 @@ def main() -> int:
         traceback.print_exc()
         _emit(channel, _failure(exc, t_import))
         return 1
-    _emit(channel, {"event": "ready", "pid": os.getpid()})
+    kwargs = job.get("kwargs", {})
+    status = 0
+    while True:
+        _emit(channel, {"event": "ready", "pid": os.getpid(), "t_ready": time.time()})
+        if sys.stdin.readline().strip() != "GO":
+            return status  # the parent closed stdin: no more rounds
+        status = _run(channel, job["target"], func, kwargs)
+        # The same process may run another round: a JSON line with new kwargs, then GO; EOF ends it.
+        line = sys.stdin.readline()
+        if not line.strip():
+            return status
+        kwargs = json.loads(line).get("kwargs", {})
 
-    if sys.stdin.readline().strip() != "GO":
-        return 2  # the parent went away or cancelled the run
+
+def _run(channel: TextIO, target: str, func: Any, kwargs: dict[str, Any]) -> int:
     t_start = time.time()
     try:
-        value = func(**job.get("kwargs", {}))
+        value = func(**kwargs)
     except BaseException as exc:  # noqa: BLE001 - the error is the result
         traceback.print_exc()
         _emit(channel, _failure(exc, t_start))
@@ -84,10 +97,7 @@ def main() -> int:
     try:
         line = json.dumps(result)
     except (TypeError, ValueError) as exc:
-        _emit(
-            channel,
-            _failure(TypeError(f"result of {job['target']} is not JSON-serialisable: {exc}"), t_start),
-        )
+        _emit(channel, _failure(TypeError(f"result of {target} is not JSON-serialisable: {exc}"), t_start))
         return 1
     channel.write(line + "\n")
     channel.flush()

@@ -24,7 +24,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -68,11 +68,13 @@ class _Worker:
         self.index = index
         self.proc = proc
         self.stderr_path = stderr_path
-        self.ready = threading.Event()
-        self.done = threading.Event()  # result line seen or stdout closed
-        self.message: dict[str, Any] | None = None
+        self.changed = threading.Condition()
+        self.readies = 0  # READY lines seen: one per round
+        self.messages: list[dict[str, Any]] = []  # result lines, one per round
+        self.eof = False
         self.killed_by: str | None = None  # "Killed" or "Timeout"
         self.t_exit: float | None = None
+        self.final_stderr: str | None = None  # kept when the pool removes its temp folder
         self.reader = threading.Thread(target=self._read, name=f"worker-{index}-stdout", daemon=True)
         self.reader.start()
 
@@ -85,15 +87,31 @@ class _Worker:
                     message = json.loads(line)
                 except ValueError:
                     continue
-                if message.get("event") == "ready":
-                    self.ready.set()
-                elif message.get("event") == "result":
-                    self.message = message
+                with self.changed:
+                    if message.get("event") == "ready":
+                        self.readies += 1
+                    elif message.get("event") == "result":
+                        self.messages.append(message)
+                    self.changed.notify_all()
         finally:
-            self.t_exit = time.time()
-            self.done.set()
+            with self.changed:
+                self.t_exit = time.time()
+                self.eof = True
+                self.changed.notify_all()
+
+    def wait_for(self, predicate: Callable[[], bool], deadline: float) -> bool:
+        """Wait until ``predicate()`` (checked under the lock) or EOF or the deadline; return predicate()."""
+        with self.changed:
+            while not predicate() and not self.eof:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                self.changed.wait(remaining)
+            return predicate()
 
     def stderr_tail(self) -> str:
+        if self.final_stderr is not None:
+            return self.final_stderr
         try:
             data = self.stderr_path.read_bytes()
         except OSError:
@@ -129,16 +147,11 @@ class WorkerPool:
     ) -> None:
         if ":" not in target:
             raise ValueError(f"target must be 'module:function', not {target!r}")
-        if isinstance(kwargs, Mapping):
-            per_worker = [dict(kwargs) for _ in range(n)]
-        else:
-            per_worker = [dict(k) for k in kwargs]
-            if len(per_worker) != n:
-                raise ValueError(f"{len(per_worker)} kwargs mappings for {n} workers")
         self.target = target
         self.n = n
         self.timeout = timeout
-        self._kwargs = per_worker
+        self._round = 0
+        self._kwargs = self._per_worker(kwargs)
         self._preload = list(preload)
         base = dict(os.environ) if inherit_env else {}
         for key, value in env.items():
@@ -187,24 +200,28 @@ class WorkerPool:
     def pids(self) -> list[int]:
         return [w.proc.pid for w in self._workers]
 
+    @property
+    def round(self) -> int:
+        """Index of the current round: 0 for the first call, +1 per :meth:`next_round`."""
+        return self._round
+
     def wait_ready(self, timeout: float | None = None) -> None:
-        """Block until every worker (not killed) is READY; raise :class:`WorkerError` if one died first."""
+        """Block until every live worker is READY for this round; raise :class:`WorkerError` if one died
+        first (its traceback or stderr in the message) or stayed silent until ``timeout``."""
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        wanted = self._round + 1
         for worker in self._workers:
-            while not worker.ready.is_set():
-                if worker.killed_by is not None:
-                    break
-                if worker.done.is_set():
-                    message = worker.message or {}
-                    detail = message.get("traceback") or worker.stderr_tail()
-                    self.close()
-                    raise WorkerError(f"worker {worker.index} exited before READY:\n{detail}")
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    tail = worker.stderr_tail()
-                    self.close()
-                    raise WorkerError(f"worker {worker.index} not READY in time; stderr tail:\n{tail}")
-                worker.ready.wait(min(remaining, 0.05))
+            if worker.killed_by is not None:
+                continue
+            ready = worker.wait_for(lambda: worker.readies >= wanted, deadline)  # noqa: B023 - called here
+            if ready or worker.killed_by is not None:
+                continue
+            detail = (
+                worker.messages[-1].get("traceback") if worker.messages else None
+            ) or worker.stderr_tail()
+            state = "exited before READY" if worker.eof else "not READY in time"
+            self.close()
+            raise WorkerError(f"worker {worker.index} {state}:\n{detail}")
 
     def go(self) -> float:
         """Release every ready worker now; return the wall time of the release."""
@@ -224,35 +241,72 @@ class WorkerPool:
             worker.killed_by = "Killed"
         worker.signal(sig)
 
-    def results(self, timeout: float | None = None) -> list[WorkerResult]:
-        """Wait (bounded) for every worker; kill those still running at the deadline."""
+    def round_results(self, timeout: float | None = None) -> list[WorkerResult]:
+        """Wait (bounded) for this round's result of every worker, leaving the processes running for
+        :meth:`next_round`; a worker still busy at the deadline is killed and reported as ``Timeout``."""
+        self._await_round(timeout)
+        return [self._collect(worker, self._round) for worker in self._workers]
+
+    def _await_round(self, timeout: float | None) -> None:
         deadline = time.monotonic() + (self.timeout if timeout is None else timeout)
+        wanted = self._round + 1
         for worker in self._workers:
-            remaining = deadline - time.monotonic()
-            try:
-                worker.proc.wait(timeout=max(remaining, 0.0))
-            except subprocess.TimeoutExpired:
-                if worker.killed_by is None:
-                    worker.killed_by = "Timeout"
+            done = worker.wait_for(lambda: len(worker.messages) >= wanted, deadline)  # noqa: B023
+            if not done and worker.proc.poll() is None and worker.killed_by is None:
+                worker.killed_by = "Timeout"
                 worker.signal(signal.SIGKILL)
-        results = [self._collect(worker) for worker in self._workers]
+        for worker in self._workers:
+            if len(worker.messages) < wanted:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    worker.proc.wait(timeout=10)
+                worker.wait_for(lambda: False, time.monotonic() + 5)
+
+    def next_round(self, kwargs: Mapping[str, Any] | Sequence[Mapping[str, Any]] | None = None) -> None:
+        """Let every live worker run the target once more, with new ``kwargs`` (default: the same).
+
+        The processes (and their imports) are reused; call :meth:`wait_ready` and :meth:`go` next.
+        """
+        per_worker = self._kwargs if kwargs is None else self._per_worker(kwargs)
+        self._kwargs = per_worker
+        for worker in self._workers:
+            if len(worker.messages) <= self._round:
+                raise RuntimeError(f"worker {worker.index} has no result for round {self._round} yet")
+        self._round += 1
+        for worker in self._workers:
+            if worker.killed_by is None and worker.proc.poll() is not None:
+                worker.killed_by = "Crashed"  # died in an earlier round: reported, never waited for
+            if worker.killed_by is None:
+                self._send(worker.proc.stdin, json.dumps({"kwargs": per_worker[worker.index]}))
+
+    def results(self, timeout: float | None = None) -> list[WorkerResult]:
+        """This round's results (see :meth:`round_results`), after ending every worker (so that each
+        result carries its ``returncode``)."""
+        self._await_round(timeout)
         self.close()
-        return results
+        return [self._collect(worker, self._round) for worker in self._workers]
 
     def close(self) -> None:
-        """Kill whatever still runs and release pipes and temp files; idempotent."""
+        """End every worker (EOF, then SIGKILL for stragglers), release pipes and temp files; idempotent."""
         for worker in self._workers:
+            if worker.proc.stdin is not None:
+                with contextlib.suppress(OSError):
+                    worker.proc.stdin.close()
+        deadline = time.monotonic() + 5
+        for worker in self._workers:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                worker.proc.wait(timeout=max(deadline - time.monotonic(), 0.01))
             if worker.proc.poll() is None:
                 worker.signal(signal.SIGKILL)
         for worker in self._workers:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 worker.proc.wait(timeout=10)
             worker.reader.join(timeout=5)
-            for stream in (worker.proc.stdin, worker.proc.stdout):
-                if stream is not None:
-                    with contextlib.suppress(OSError):
-                        stream.close()
+            if worker.proc.stdout is not None:
+                with contextlib.suppress(OSError):
+                    worker.proc.stdout.close()
         if self._tmp is not None:
+            for worker in self._workers:
+                worker.final_stderr = worker.stderr_tail()
             self._tmp.cleanup()
             self._tmp = None
 
@@ -263,6 +317,14 @@ class WorkerPool:
         self.close()
 
     # ----------------------------------------------------------------------------------- helpers
+    def _per_worker(self, kwargs: Mapping[str, Any] | Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+        if isinstance(kwargs, Mapping):
+            return [dict(kwargs) for _ in range(self.n)]
+        per_worker = [dict(k) for k in kwargs]
+        if len(per_worker) != self.n:
+            raise ValueError(f"{len(per_worker)} kwargs mappings for {self.n} workers")
+        return per_worker
+
     @staticmethod
     def _send(stream: IO[str] | None, line: str) -> None:
         if stream is None:
@@ -272,13 +334,11 @@ class WorkerPool:
             stream.write(line + "\n")
             stream.flush()
 
-    def _collect(self, worker: _Worker) -> WorkerResult:
-        returncode = worker.proc.wait(timeout=10)
-        worker.done.wait(timeout=5)
+    def _collect(self, worker: _Worker, round_index: int) -> WorkerResult:
         stderr = worker.stderr_tail()
-        message = worker.message
-        t_end = worker.t_exit or time.time()
-        if message is not None:  # reported before any kill: the call really finished
+        returncode = worker.proc.poll()
+        if len(worker.messages) > round_index:  # reported before any kill: the call really finished
+            message = worker.messages[round_index]
             return WorkerResult(
                 index=worker.index,
                 ok=bool(message["ok"]),
@@ -292,6 +352,7 @@ class WorkerPool:
                 traceback=message.get("traceback"),
                 stderr=stderr,
             )
+        t_end = worker.t_exit or time.time()
         t_start = self.t_go if self.t_go is not None else t_end
         if worker.killed_by == "Timeout":
             error = f"still running after {self.timeout:g} s: killed"
