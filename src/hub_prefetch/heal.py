@@ -30,6 +30,10 @@ T = TypeVar("T")
 
 _MISSING_RE = re.compile(r"does not appear to have (?:a file named|files named)\s+\(?([^\s,()]+)")
 _DIFFUSERS_MISSING_RE = re.compile(r"Error no file named (\S+) found in directory")
+# What a commit-pinned ``local_files_only`` load says when a file it needs vanished from the cache.
+_CACHE_MISS_RE = re.compile(
+    r"couldn't find (?:them|it) in the cached files|Cannot find the requested files in the (?:local|disk) cache"
+)
 _MISMATCH_RE = re.compile(r"ignore_mismatched_sizes\W{0,3}\s+to\s+\W{0,3}False")
 DEFAULT_MAX_ATTEMPTS = 3
 
@@ -46,6 +50,8 @@ def classify_load_error(exc: BaseException) -> tuple[LoadFailure, str | None] | 
         match = _MISSING_RE.search(text) or _DIFFUSERS_MISSING_RE.search(text)
         if match:
             return LoadFailure.MISSING_FILE, match.group(1).rstrip(".")
+        if _CACHE_MISS_RE.search(text):
+            return LoadFailure.MISSING_FILE, None
     if isinstance(exc, RuntimeError) and _MISMATCH_RE.search(text):
         return LoadFailure.MISMATCHED_SIZES, None
     return None
@@ -153,12 +159,14 @@ def from_pretrained_with_prefetch(
                 attempt,
                 max_attempts,
             )
-            if kind is LoadFailure.MISSING_FILE and result and named and named not in result.files:
-                # The loader wants a file our selection left out: take the whole subfolder from now on.
+            wants_more = bool(named and result and named not in result.files) or attempt >= 2
+            if kind is LoadFailure.MISSING_FILE and wants_more and not req.all_files:
+                # The loader wants a file our selection left out (or the same shape came back after a
+                # repair): take the whole subfolders from now on.
                 req = Request.build(
                     model,
                     subfolders,
-                    revision=result.commit,
+                    revision=result.commit if result else req.revision,
                     repo_type=req.repo_type,
                     variant=req.variant,
                     token=req.token,

@@ -102,3 +102,11 @@ def test_error_tree_roots():
     assert issubclass(errors.RepoNotFound, OSError)
     assert issubclass(errors.InvalidRequestError, ValueError)
     assert all(issubclass(getattr(errors, n), errors.HubPrefetchError) for n in errors.__all__)
+
+
+def test_cache_miss_of_a_pinned_offline_load_is_the_missing_file_shape():
+    exc = OSError(
+        "We couldn't connect to 'https://huggingface.co' to load the files, and couldn't find them in the "
+        "cached files.\nCheck your internet connection or see how to run the library in offline mode."
+    )
+    assert classify_load_error(exc) == (LoadFailure.MISSING_FILE, None)
