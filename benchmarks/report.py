@@ -24,6 +24,7 @@ TABLE_COLUMNS = (
     "req/worker rev/tree/head/get/other",
     "metadata req",
     "peak RSS MB",
+    "load",
 )
 
 
@@ -96,6 +97,7 @@ def _row(c: dict[str, Any]) -> list[str]:
         per,
         str(c["metadata_requests"]),
         _fmt(c["maxrss_mb_max"], 0),
+        _fmt(c.get("loadavg"), 1),
     ]
 
 
@@ -246,7 +248,12 @@ def markdown(results: dict[str, Any]) -> str:
     )
     out.append("")
     out.append("## Setup")
-    out.append(f"- Machine: {results['machine']['cpus']} CPUs, {results['machine']['platform']}.")
+    la0, la1 = results.get("loadavg_start", [0.0])[0], results.get("loadavg_end", [0.0])[0]
+    out.append(
+        f"- Machine: {results['machine']['cpus']} CPUs, {results['machine']['platform']}; load average "
+        f"{la0:.1f} at the start, {la1:.1f} at the end (column `load`: at each cell's start; anything above "
+        "the CPU count means other work competed with the workers)."
+    )
     for stack, v in sorted(results["stacks"].items()):
         out.append(
             f"- Stack `{stack}`: Python {v['python_version'] if 'python_version' in v else v.get('python')}, "
