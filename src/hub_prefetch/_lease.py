@@ -29,7 +29,7 @@ import socket
 import stat
 import threading
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -85,10 +85,14 @@ class HolderInfo:
     pidns: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        # Shallow on purpose: every field is a scalar, and asdict's deepcopy dominated acquire cost.
+        return {name: getattr(self, name) for name in _HOLDER_FIELDS}
 
     def describe(self) -> str:
         return f"{self.host}:{self.pid}"
+
+
+_HOLDER_FIELDS = tuple(f.name for f in fields(HolderInfo))
 
 
 def process_start_time(pid: int) -> int | None:
@@ -154,8 +158,7 @@ def decode_record(raw: bytes | None) -> HolderInfo | None:
         data = json.loads(raw)
         if not isinstance(data, dict) or data.get("version") != RECORD_VERSION or data.get("state") == "free":
             return None
-        fields = HolderInfo.__dataclass_fields__
-        return HolderInfo(**{k: v for k, v in data.items() if k in fields})
+        return HolderInfo(**{k: v for k, v in data.items() if k in _HOLDER_FIELDS})
     except (ValueError, TypeError):
         return None
 
@@ -199,9 +202,9 @@ class Lease:
         self._ino: tuple[int, int] | None = None
         self._seen: tuple[object, float] | None = None
         self._markers_seen: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._paused = threading.Event()
-        self._thread: threading.Thread | None = None
+        self.interval = max(ttl / 3.0, 0.01)
+        self._active = False
+        self._paused = False
         self._write_lock = threading.Lock()
 
     # -- acquiring ---------------------------------------------------------------------------------
@@ -320,28 +323,23 @@ class Lease:
 
     # -- holding -----------------------------------------------------------------------------------
     def _start_heartbeat(self) -> None:
-        self._stop = threading.Event()
-        self._paused.clear()
-        interval = max(self.ttl / 3.0, 0.01)
-        self._thread = threading.Thread(
-            target=self._beat,
-            args=(self._stop, interval),
-            name=f"hub-prefetch-lease-{self.path.stem[:8]}",
-            daemon=True,
-        )
-        self._thread.start()
+        self._active = True
+        self._paused = False
+        _heartbeats.add(self)
 
-    def _beat(self, stop: threading.Event, interval: float) -> None:
-        while not stop.wait(interval):
-            if self._paused.is_set():
-                continue
-            try:
-                if not self._refresh():
-                    self.lost = True
-                    logger.error("lost the lease %s: another process replaced it", self.path)
-                    return
-            except OSError as exc:
-                logger.warning("could not refresh lease %s: %s", self.path, exc.strerror or exc)
+    def beat(self) -> None:
+        """One heartbeat (called by the process's heartbeat thread)."""
+        if self._paused:
+            return
+        try:
+            ours = self._refresh()
+        except OSError as exc:
+            logger.warning("could not refresh lease %s: %s", self.path, exc.strerror or exc)
+            return
+        if not ours:
+            self.lost = True
+            _heartbeats.remove(self)
+            logger.error("lost the lease %s: another process replaced it", self.path)
 
     def _is_ours(self, fd: int) -> bool:
         # The inode alone is not enough: after a takeover the evicted file's inode number is often
@@ -354,6 +352,8 @@ class Lease:
 
     def _refresh(self) -> bool:
         with self._write_lock:
+            if not self._active:
+                return True  # released while this beat was being scheduled
             try:
                 fd = os.open(self.path, os.O_RDWR | _NOFOLLOW)
             except FileNotFoundError:
@@ -371,15 +371,12 @@ class Lease:
 
     def pause_heartbeat(self) -> None:
         """Test hook: keep holding but stop refreshing, as a hung or partitioned holder would."""
-        self._paused.set()
+        self._paused = True
 
     def release(self) -> None:
-        stop, thread = self._stop, self._thread
-        stop.set()
-        if thread is not None and thread is not threading.current_thread():
-            thread.join()
-        self._thread = None
+        _heartbeats.remove(self)
         with self._write_lock:
+            self._active = False
             ours = False
             with contextlib.suppress(FileNotFoundError):
                 fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW)
@@ -395,6 +392,60 @@ class Lease:
 
     def abandon(self) -> None:
         """After fork, in the child: the parent's lease is not ours to refresh or delete."""
-        self._stop.set()
-        self._thread = None
+        self._active = False
         self._ino = None
+
+
+class _Heartbeats:
+    """One daemon thread per process refreshes every held lease when it falls due.
+
+    A thread per lease cost more than the rest of an acquisition together.
+    """
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition(threading.Lock())
+        self.due: dict[Lease, float] = {}
+        self.thread: threading.Thread | None = None
+        self.wake_at = float("inf")  # when the thread will look again without being notified
+
+    def add(self, lease: Lease) -> None:
+        with self.cond:
+            due = self.due[lease] = time.monotonic() + lease.interval
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="hub-prefetch-heartbeat", daemon=True)
+                self.thread.start()
+            if due < self.wake_at:  # waking the thread on every acquire cost more than the acquire
+                self.cond.notify()
+
+    def remove(self, lease: Lease) -> None:
+        with self.cond:
+            self.due.pop(lease, None)
+
+    def _run(self) -> None:
+        while True:
+            with self.cond:
+                while True:
+                    if not self.due:
+                        self.wake_at = float("inf")
+                        self.cond.wait()
+                        continue
+                    lease, when = min(self.due.items(), key=lambda item: item[1])
+                    now = time.monotonic()
+                    if when <= now:
+                        self.due[lease] = now + lease.interval
+                        break
+                    self.wake_at = when
+                    self.cond.wait(when - now)
+            lease.beat()  # outside the lock: a slow filesystem must not block add/remove
+
+
+_heartbeats = _Heartbeats()
+
+
+def _reset_after_fork() -> None:
+    global _heartbeats  # noqa: PLW0603 - the parent's thread does not exist in the child
+    _heartbeats = _Heartbeats()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reset_after_fork)
