@@ -41,6 +41,7 @@ import hashlib
 import itertools
 import json
 import logging
+import math
 import signal
 import subprocess
 import sys
@@ -224,6 +225,10 @@ class _HubApp:
             headers = {}
             if fail.retry_after is not None:
                 headers["Retry-After"] = f"{fail.retry_after:g}"
+                if fail.status == 429:
+                    # What the Hub sends with a 429; huggingface_hub 1.x reads only this one.
+                    headers["RateLimit"] = f'"api";r=0;t={math.ceil(fail.retry_after)}'
+                    headers["RateLimit-Policy"] = '"fixed window";"api";q=1000;w=300'
             raise _HubError(fail.status, None, f"injected failure ({fail.status})", headers)
 
         if t.kind == "other" and t.repo_type is None:
