@@ -101,7 +101,7 @@ def test_gated_repo_needs_its_token(
     built_repos: dict[str, BuiltRepo], hf_cache: Path, local_hub: LocalHub
 ) -> None:
     built = built_repos["gated"]
-    with pytest.raises(OSError, match="(?i)gated"):
+    with pytest.raises(OSError, match=r"(?i)gated"):
         transformers.AutoModel.from_pretrained(built.repo_id, cache_dir=hf_cache)
     model = transformers.AutoModel.from_pretrained(built.repo_id, cache_dir=hf_cache, token=built.token)
     assert tensor_fingerprint(model) == built.fingerprint
