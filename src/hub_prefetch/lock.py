@@ -104,6 +104,10 @@ class _FlockHold:
     def __init__(self, path: Path, record: HolderInfo) -> None:
         self.path = path
         self.record = record
+        self._open()
+
+    def _open(self) -> None:
+        path = self.path
         self.writable = True
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, SHARED_FILE_MODE)
@@ -150,7 +154,7 @@ class _FlockHold:
             # nobody. Start over on whatever the name points to now.
             fcntl.flock(self.fd, fcntl.LOCK_UN)
             os.close(self.fd)
-            self.__init__(self.path, self.record)  # type: ignore[misc]
+            self._open()
             return False
         now = time.time()
         self.record = replace(self.record, acquired_at=now, heartbeat_at=now)
@@ -193,8 +197,7 @@ _slots: dict[str, _Slot] = {}
 _slots_lock = threading.Lock()
 
 
-def _slot(path: Path) -> _Slot:
-    key = str(path)
+def _slot(key: str) -> _Slot:
     slot = _slots.get(key)
     if slot is None:
         with _slots_lock:
@@ -254,6 +257,7 @@ class RepoLock:
         self.lease_path = self.lock_dir / f"{digest}.lease"
         self.probe_reason = ""
         self._backend: str | None = None
+        self._slot_key = ""
         self._depth = 0
         self._pid = os.getpid()
 
@@ -270,6 +274,8 @@ class RepoLock:
         """``"flock"`` or ``"lease"``: the backend in use (probes the lock folder on first access)."""
         if self._backend is None:
             ensure_dir(self.lock_dir)
+            # Threads of this process queue on one gate per real file, however the cache was spelled.
+            self._slot_key = os.path.join(os.path.realpath(self.lock_dir), self.path.name)
             if self.requested_backend == "auto":
                 self._backend, self.probe_reason = probe_backend(self.lock_dir)
             else:
@@ -323,12 +329,12 @@ class RepoLock:
         if self._pid != os.getpid():
             self._depth, self._pid = 0, os.getpid()  # inherited across fork: nothing is ours
         timeout = self.timeout if timeout is None else timeout
-        slot = _slot(self.path)
+        backend = self.backend
+        slot = _slot(self._slot_key)
         if slot.owner == owner and slot.depth > 0:
             slot.depth += 1
             self._depth += 1
             return
-        backend = self.backend
         start = time.monotonic()
         deadline = None if timeout is None or timeout < 0 else start + timeout
         next_log = start + self.wait_log_interval
@@ -426,7 +432,7 @@ class RepoLock:
             return
         if self._depth <= 0:
             raise RuntimeError(f"{self!r} is not held by this object")
-        slot = _slot(self.path)
+        slot = _slot(self._slot_key)
         self._depth -= 1
         slot.depth -= 1
         if slot.depth > 0:
@@ -440,7 +446,7 @@ class RepoLock:
 
     def _pause_heartbeat(self) -> None:
         """Test hook: the holder keeps the lease but stops refreshing it (a hung holder)."""
-        hold = _slot(self.path).hold
+        hold = _slot(self._slot_key).hold
         if isinstance(hold, Lease):
             hold.pause_heartbeat()
 
@@ -454,7 +460,9 @@ class RepoLock:
 
     async def __aenter__(self) -> RepoLock:
         owner = ("task", id(asyncio.current_task()))
-        slot = _slot(self.path)
+        if self._backend is None:
+            await asyncio.to_thread(lambda: self.backend)  # the first probe touches the disk
+        slot = _slot(self._slot_key)
         if slot.owner == owner and slot.depth > 0:
             self._acquire(None, owner, None)
             return self

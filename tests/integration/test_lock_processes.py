@@ -138,7 +138,7 @@ def _holder(
         elif order == "release":
             from hub_prefetch.lock import _slot
 
-            hold = _slot(lock.path).hold
+            hold = _slot(lock._slot_key).hold
             lost = bool(getattr(hold, "lost", False))
             time_released = time.time()
             lock.release()

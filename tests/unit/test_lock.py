@@ -226,6 +226,16 @@ def test_same_thread_reentry_is_counted(tmp_path: Path, backend: str) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
+def test_reentry_sees_through_different_spellings_of_the_cache(tmp_path: Path, backend: str) -> None:
+    (tmp_path / "real").mkdir()
+    (tmp_path / "alias").symlink_to(tmp_path / "real")
+    outer = RepoLock(tmp_path / "real", "org/m", backend=backend, timeout=2)
+    inner = RepoLock(str(tmp_path / "alias") + "/./", "org/m", backend=backend, timeout=2)
+    with outer, inner:  # would wait on itself (and time out) if the spellings were two gates
+        assert inner.is_held
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
 def test_timeout_is_typed_picklable_and_names_the_holder(tmp_path: Path, backend: str) -> None:
     holder = RepoLock(tmp_path, "org/m", revision="v2", backend=backend)
     held = threading.Event()
