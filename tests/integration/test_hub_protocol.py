@@ -219,6 +219,11 @@ def test_refs_commits_paths_info(hub: LocalHub, store: RepoStore) -> None:
     assert [c.title for c in commits] == ["second", "first"]
     infos = api.get_paths_info(REPO, ["config.json", "sub", "missing.txt"])
     assert {i.path for i in infos} == {"config.json", "sub"}
+    # What transformers' safetensors auto-conversion asks: no open PR.
+    assert list(api.get_repo_discussions(REPO)) == []
+    assert set(api.list_repo_files(REPO)) == set(store.files(REPO, _head(store)))
+    assert api.file_exists(REPO, "sub/notes.txt") and not api.file_exists(REPO, "nope.txt")
+    assert api.revision_exists(REPO, "v1") and not api.revision_exists(REPO, "v2")
 
 
 def test_gated_repo_needs_the_token(hub: LocalHub, tmp_path: Path) -> None:

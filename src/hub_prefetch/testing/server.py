@@ -18,6 +18,9 @@ Files answer with ``X-Repo-Commit``, a quoted ``ETag`` (sha256 for LFS files, gi
 its CDN. Errors carry ``X-Error-Code`` (``RepoNotFound``, ``RevisionNotFound``, ``EntryNotFound``,
 ``GatedRepo``) so the client raises its own typed errors. Xet is never advertised.
 
+A gated repo answers ``401 GatedRepo`` to file requests unless ``Authorization: Bearer <token>`` names its
+token; its info and tree stay public, as on the Hub. ``/resolve`` names a commit by branch, tag or full sha.
+
 Fault knobs and the request log are reached over HTTP under ``/_hub/``; :class:`LocalHub` wraps them, so
 the same Python API drives a server in a thread (:meth:`LocalHub.start`) or in a subprocess
 (:meth:`LocalHub.spawn`). Run ``python -m hub_prefetch.testing.server --root DIR`` to serve a store by hand.
@@ -993,6 +996,7 @@ class LocalHub:
         return times_served(self.requests(), filename)
 
     def reset_log(self) -> None:
+        """Forget every record, those of requests still in flight included."""
         self._call("reset_log", {})
 
 
