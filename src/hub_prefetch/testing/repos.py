@@ -7,7 +7,7 @@ the configs use non-default sizes (a default config cannot load these weights) a
 
 Building costs seconds (importing torch); the output is cached on disk under
 ``$HUB_PREFETCH_BUILD_CACHE`` (default: ``<tmp>/hub-prefetch-builds``), one folder per installed
-torch / transformers / diffusers versions, so a test session pays it once per stack.
+torch / transformers / diffusers versions and builder source, so it is paid once per stack.
 
 Each repo gets real history: a first commit with ``.gitattributes`` and ``README.md``, then one commit
 per builder call adding its files.
@@ -134,7 +134,9 @@ def build_cache_root() -> Path:
     versions = [
         f"{d}-{_version(d)}" for d in ("torch", "transformers", "diffusers", "tokenizers", "safetensors")
     ]
-    key = hashlib.sha256(json.dumps([BUILD_FORMAT, versions]).encode()).hexdigest()[:16]
+    # This file's own bytes are part of the key: editing a builder can never reuse a stale build.
+    source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
+    key = hashlib.sha256(json.dumps([BUILD_FORMAT, versions, source]).encode()).hexdigest()[:16]
     return Path(base) / key
 
 
