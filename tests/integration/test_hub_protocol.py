@@ -431,3 +431,20 @@ def test_transformers_and_diffusers_loads(
         (r.method, r.path) for r in records if r.kind == "other" and r.status == 404 and r.repo_id is None
     ]
     assert not unknown
+
+
+def test_branch_with_slash_and_single_segment_repo_id(
+    hub: LocalHub, store: RepoStore, tmp_path: Path
+) -> None:
+    base = store.commit("solo", {"config.json": '{"solo": 1}', "sub/a.txt": "a", "sub/b.txt": "b"})
+    rel = store.commit("solo", {"config.json": '{"solo": 2}'}, branch="release/v2", parent=base)
+    path = hf_hub_download("solo", "config.json", revision="release/v2", endpoint=hub.url, cache_dir=tmp_path)
+    assert json.loads(Path(path).read_text()) == {"solo": 2} and rel in path
+    api = HfApi(endpoint=hub.url)
+    assert api.model_info("solo", revision="release/v2").sha == rel
+    assert api.model_info("solo").sha == base
+    # Paginated (3 per page) under a revision that must stay encoded in the next-page links.
+    tree = {e.path for e in api.list_repo_tree("solo", revision="release/v2", recursive=True)}
+    assert tree == {"config.json", "sub", "sub/a.txt", "sub/b.txt"}
+    folder = snapshot_download("solo", revision="release/v2", endpoint=hub.url, cache_dir=tmp_path / "s")
+    assert Path(folder).name == rel and (Path(folder) / "sub" / "b.txt").read_text() == "b"
