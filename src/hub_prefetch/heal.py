@@ -32,7 +32,8 @@ _MISSING_RE = re.compile(r"does not appear to have (?:a file named|files named)\
 _DIFFUSERS_MISSING_RE = re.compile(r"Error no file named (\S+) found in directory")
 # What a commit-pinned ``local_files_only`` load says when a file it needs vanished from the cache.
 _CACHE_MISS_RE = re.compile(
-    r"couldn't find (?:them|it) in the cached files|Cannot find the requested files in the (?:local|disk) cache"
+    r"couldn't find (?:them|it) in the cached files"
+    r"|Cannot find the requested files in the (?:local|disk) cache"
 )
 _MISMATCH_RE = re.compile(r"ignore_mismatched_sizes\W{0,3}\s+to\s+\W{0,3}False")
 DEFAULT_MAX_ATTEMPTS = 3
@@ -131,10 +132,11 @@ def from_pretrained_with_prefetch(
         cache_dir=kwargs.get("cache_dir"),
     )
     result = _prefetch(req, force_check=False)
+    offline = True
     attempt = 0
     while True:
         attempt += 1
-        pinned = {**kwargs, "revision": result.commit, "local_files_only": True} if result else {**kwargs}
+        pinned = {**kwargs, "revision": result.commit, "local_files_only": offline} if result else {**kwargs}
         if not result and req.revision != "main":
             pinned["revision"] = req.revision
         try:
@@ -173,4 +175,13 @@ def from_pretrained_with_prefetch(
                     all_files=True,
                     settings=req.settings,
                 )
-            result = _prefetch(req, force_check=True) or result
+            healed = _prefetch(req, force_check=True)
+            unchanged = healed is not None and not (healed.downloaded or healed.repaired)
+            if unchanged and offline and named is None and kind is LoadFailure.MISSING_FILE:
+                # The verified snapshot is whole, yet the offline load missed a file it probes that no
+                # marker says is absent: let the next load ask the Hub, still pinned to the commit (no
+                # ref is read); huggingface_hub then records the absence for every later load.
+                offline = False
+            elif attempt >= 2 and unchanged:
+                raise  # a second repair found nothing to fix: reloading would fail the same way
+            result = healed or result

@@ -32,6 +32,29 @@ __all__ = ["PrefetchResult", "Request", "listed_path", "prefetch", "prefetch_sub
 
 logger = logging.getLogger("hub_prefetch.prefetch")
 
+#: Optional files transformers and diffusers probe for in a folder. A commit-pinned offline load finds
+#: out they do not exist only from huggingface_hub's ``.no_exist/<commit>/`` markers, which an online
+#: load leaves behind after a 404; we write them from the commit's listing, so the first offline load
+#: needs no network call either.
+OPTIONAL_PROBES = (
+    "config.json",
+    "generation_config.json",
+    "adapter_config.json",
+    "tokenizer_config.json",
+    "tokenizer.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+    "processor_config.json",
+    "preprocessor_config.json",
+    "video_preprocessor_config.json",
+    "audio_tokenizer_config.json",
+    "custom_generate/generate.py",
+    "model.safetensors.index.json",
+    "pytorch_model.bin.index.json",
+    "scheduler_config.json",
+)
 _STAMP_VERSION = 1
 _LISTING_VERSION = 1
 _RECORD_VERSION = 1
@@ -404,6 +427,7 @@ def _locked_prefetch(
                 problems=[f"{p.path}: {p.kind}" for p in problems],
             )
     sizes = {p: int(listing[p].size or 0) for p in selection.files}
+    _mark_absent(req, commit, listing)
     _write_stamp(req, commit, sizes, deep=deep)
     return _result(
         req,
@@ -416,6 +440,22 @@ def _locked_prefetch(
         repaired=tuple(sorted(repaired)),
         waited_s=waited,
     )
+
+
+def _mark_absent(req: Request, commit: str, listing: dict[str, ExpectedFile]) -> None:
+    folder = cache.repo_folder(req.settings.cache_dir, req.repo_type, req.repo_id) / ".no_exist" / commit
+    for sub in {*req.subfolders, ""}:
+        for name in OPTIONAL_PROBES:
+            path = f"{sub}/{name}" if sub else name
+            if path in listing:
+                continue
+            marker = folder / path
+            try:
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch(exist_ok=True)
+            except OSError as exc:
+                logger.debug("cannot mark %s absent: %s", path, exc)
+                return
 
 
 def _repair(fetcher: _Fetcher, problems: list[Problem]) -> list[str]:

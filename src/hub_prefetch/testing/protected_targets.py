@@ -7,15 +7,12 @@ commit the load was pinned to, so a test can check that every worker ended on th
 from __future__ import annotations
 
 import importlib
-import time
-from pathlib import Path
 from typing import Any
 
 from .. import from_pretrained_with_prefetch, prefetch, prefetch_pipeline, protected_loads
 from .repos import tensor_fingerprint, tokenizer_fingerprint
 
 __all__ = [
-    "load_rounds",
     "patched_plain_from_pretrained",
     "prefetch_only",
     "protected_from_pretrained",
@@ -109,62 +106,3 @@ def protected_pipeline(repo_id: str, revision: str | None = None, **kwargs: Any)
             fingerprints[name] = type(component).__name__
     return {"fingerprints": fingerprints, "commit": result.commit}
 
-
-def _barrier(folder: Path, name: str, index: int, parties: int, timeout: float) -> None:
-    """A file barrier between worker processes: every round starts for all at the same instant."""
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / f"{name}.{index}").touch()
-    deadline = time.monotonic() + timeout
-    while sum(1 for p in folder.iterdir() if p.name.startswith(f"{name}.")) < parties:
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"barrier {name}: peers did not arrive within {timeout} s")
-        time.sleep(0.001)
-
-
-def load_rounds(
-    repo_id: str,
-    *,
-    subfolder: str,
-    work_dir: str,
-    rounds: int,
-    parties: int,
-    index: int,
-    mode: str = "plain",
-    auto_class: str = "AutoModel",
-    barrier_timeout: float = 120.0,
-) -> dict[str, Any]:
-    """Load ``repo_id`` once per round into a fresh cache ``<work_dir>/round-N`` shared by all ``parties``.
-
-    ``mode``: ``plain`` (``from_pretrained``), ``protected`` (:func:`from_pretrained_with_prefetch`) or
-    ``patched`` (plain code under :func:`protected_loads`). Rounds start together via a file barrier, so
-    one process pays the imports once for many cold-cache races. Returns per-round outcome and timing.
-    """
-    targets = _targets()
-    cls = getattr(targets.transformers, auto_class)
-    outcomes: list[dict[str, Any]] = []
-    for n in range(rounds):
-        cache = Path(work_dir) / f"round-{n}"
-        _barrier(Path(work_dir) / "barriers", f"round-{n}", index, parties, barrier_timeout)
-        t0 = time.time()
-        try:
-            if mode == "protected":
-                model = from_pretrained_with_prefetch(
-                    cls.from_pretrained,
-                    repo_id,
-                    subfolder=subfolder,
-                    prefetch_list=[subfolder],
-                    cache_dir=str(cache),
-                )
-            elif mode == "patched":
-                with protected_loads():
-                    model = cls.from_pretrained(repo_id, subfolder=subfolder, cache_dir=str(cache))
-            else:
-                model = cls.from_pretrained(repo_id, subfolder=subfolder, cache_dir=str(cache))
-            outcomes.append(
-                {"ok": True, "fingerprint": tensor_fingerprint(model), "t0": t0, "t1": time.time()}
-            )
-        except Exception as exc:  # noqa: BLE001 - the outcome is the measurement
-            outcomes.append(
-                {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:500], "t0": t0, "t1": time.time()}
-            )
-    return {"rounds": outcomes}
