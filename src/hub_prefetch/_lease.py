@@ -387,6 +387,7 @@ class Lease:
             if ours:
                 self.path.unlink()
             elif not self.lost:
+                self.lost = True
                 logger.error("lease %s was taken from this holder before release", self.path)
         self._ino = None
 

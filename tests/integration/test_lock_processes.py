@@ -139,10 +139,9 @@ def _holder(
             from hub_prefetch.lock import _slot
 
             hold = _slot(lock._slot_key).hold
-            lost = bool(getattr(hold, "lost", False))
             time_released = time.time()
-            lock.release()
-            out.send({"lost": lost, "released_at": time_released})
+            lock.release()  # a holder that was evicted finds out here at the latest
+            out.send({"lost": bool(getattr(hold, "lost", False)), "released_at": time_released})
             return
 
 
@@ -189,15 +188,15 @@ def test_killed_holder_on_another_host_is_succeeded_within_ttl(tmp_path: Path, r
     waiter.release()
     print(f"\n[lease] SIGKILLed holder on another host taken over in {took:.2f} s (ttl {ttl} s)")
     # never before its heartbeat has been silent for the TTL, never much after TTL + one heartbeat
-    assert ttl <= took <= ttl + ttl / 3 + 0.3
+    assert ttl <= took <= ttl + ttl / 3 + 0.75  # slack: scheduling on a loaded 2-core runner
 
 
 def test_live_holder_with_a_short_ttl_is_never_evicted(tmp_path: Path, reap: list[Any]) -> None:
-    ttl = 0.4
+    ttl = 0.8
     _p, cmd, out = _start_holder(tmp_path, "lease", reap, ttl=ttl, host_id="node-b")
     waiter = RepoLock(tmp_path, REPO, backend="lease", lease_ttl=ttl)
     with pytest.raises(TimeoutError) as info:
-        waiter.acquire(timeout=6 * ttl)  # six TTLs of a heartbeating holder on another host
+        waiter.acquire(timeout=3 * ttl)  # three TTLs of a heartbeating holder on another host
     assert info.value.holder["host"] == "node-b"
     assert waiter.holder().seq >= 6  # type: ignore[union-attr]  # it was heartbeating all along
     cmd.send("release")
@@ -219,7 +218,7 @@ def test_holder_whose_heartbeat_stops_is_evicted(tmp_path: Path, reap: list[Any]
     assert waiter.holder().pid == os.getpid()  # type: ignore[union-attr]
     waiter.release()
     print(f"\n[lease] hung holder (heartbeat stopped) evicted after {took:.2f} s (ttl {ttl} s)")
-    assert ttl - ttl / 3 - 0.05 <= took <= ttl + ttl / 3 + 0.3
+    assert ttl <= took <= ttl + ttl / 3 + 0.75
     cmd.send("release")
     out.recv()
 
@@ -233,13 +232,12 @@ def test_stopped_holder_on_another_host_is_evicted_and_learns_it(tmp_path: Path,
     waiter.acquire(timeout=10)
     took = time.monotonic() - t0
     os.kill(p.pid, signal.SIGCONT)
-    time.sleep(ttl)  # let the resumed holder's heartbeat run once  (it must find the lease gone)
     cmd.send("release")
     report = out.recv()
     assert waiter.holder().pid == os.getpid()  # type: ignore[union-attr]  # its release left ours alone
     waiter.release()
     print(f"\n[lease] SIGSTOPped holder on another host evicted after {took:.2f} s (ttl {ttl} s)")
-    assert took <= ttl + ttl / 3 + 0.3
+    assert ttl <= took <= ttl + ttl / 3 + 0.75
     assert report["lost"] is True
 
 
