@@ -115,7 +115,7 @@ def uninstall() -> None:
     """Undo :func:`install`."""
     with _guard:
         for cls, original in _installed.items():
-            cls.from_pretrained = original
+            setattr(cls, "from_pretrained", original)  # noqa: B010 - mypy cannot see the classmethod
         _installed.clear()
 
 

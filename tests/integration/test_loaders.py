@@ -97,7 +97,8 @@ def test_plain_vs_protected_side_by_side(local_hub, hub_store, built_repos, hf_e
     plain_t, plain_b = _summary("plain, 8 workers", plain)
     prot_t, prot_b = _summary("protected, 8 workers", prot)
     print(
-        f"all-ready protected / plain = {prot_t / plain_t:.2f}; bytes protected / plain = {prot_b / plain_b:.2f}"
+        f"all-ready protected / plain = {prot_t / plain_t:.2f}; "
+        f"bytes protected / plain = {prot_b / plain_b:.2f}"
     )
     assert all(not f["failed"] for f in prot)
     assert prot_b == pytest.approx(1.0)

@@ -13,7 +13,8 @@ MISSING = OSError(
 )
 MISMATCH = RuntimeError(
     "Error(s) in loading state_dict for BertModel:\n\tsize mismatch ...\n"
-    "You set `ignore_mismatched_sizes` to `False`, thus raising an error. For details look at the above report!"
+    "You set `ignore_mismatched_sizes` to `False`, thus raising an error. "
+    "For details look at the above report!"
 )
 
 

@@ -77,7 +77,8 @@ def patched_plain_from_pretrained(repo_id: str, subfolder: str = "", **kwargs: A
     """The unmodified plain target, run under :func:`hub_prefetch.protected_loads`."""
     targets = _targets()
     with protected_loads():
-        return targets.plain_from_pretrained(repo_id, subfolder=subfolder, **kwargs)
+        result: dict[str, Any] = targets.plain_from_pretrained(repo_id, subfolder=subfolder, **kwargs)
+    return result
 
 
 def prefetch_only(repo_id: str, subfolders: list[str] | None = None, **kwargs: Any) -> dict[str, Any]:
@@ -105,4 +106,3 @@ def protected_pipeline(repo_id: str, revision: str | None = None, **kwargs: Any)
         else:
             fingerprints[name] = type(component).__name__
     return {"fingerprints": fingerprints, "commit": result.commit}
-
