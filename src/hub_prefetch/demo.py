@@ -1,0 +1,427 @@
+"""``hub-prefetch demo``: N real worker processes load one model on a cold cache, plain vs hub-prefetch.
+
+Everything runs on this machine: a local Hub (:class:`~hub_prefetch.testing.LocalHub`, in a subprocess,
+its link throttled so that downloads take long enough for the race to be real) serving a tiny sharded
+BERT built by :func:`~hub_prefetch.testing.build_sharded_model`. Each run forks ``N`` workers from one
+interpreter that imported torch and transformers once (:mod:`hub_prefetch.testing.forkpool`) and
+releases them at the same instant; each loads ``AutoModel.from_pretrained(repo, subfolder=...)`` and
+reports the fingerprint of the tensors it got, so a wrong or partial load counts as a failure.
+
+Runs: plain on a cold cache, hub-prefetch on another cold cache (both under the chosen fault), then
+hub-prefetch again on its now-warm cache, and plain again on its own cache. Figures come from the
+workers' results, the Hub's request log and the cache folders.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TextIO
+
+from ._cli_progress import StatusLine, human_bytes, human_seconds
+from .lock import list_locks
+
+if TYPE_CHECKING:
+    from .testing.server import LocalHub
+
+__all__ = ["FAULTS", "RunStats", "run_demo"]
+
+REPO_ID = "demo/sharded-bert"
+SUBFOLDER = "text_encoder"
+SHARDS = 4
+STALE_LEASE_TTL = 4.0
+
+#: fault name -> what the demo does, as printed under the table.
+FAULTS = {
+    "none": "no fault: N cold loaders at once",
+    "killed-downloader": "the process downloading is SIGKILLed mid-shard (it counts as killed, not failed)",
+    "http-503": "the Hub answers 503 to the first {n} file requests of each cold run",
+    "noop-flock": "flock() succeeds but excludes no one (as on Lustre, GPFS, NFS with local_lock, FUSE)",
+    "stale-lease": "a holder on another host (node-17) died holding the repo lease "
+    f"(ttl {STALE_LEASE_TTL:g} s); plain loaders have no such lock",
+}
+
+_WORKER_PRELOAD = ("transformers.models.bert.modeling_bert",)
+_PROC_LOCKS = re.compile(r"^\d+:\s+FLOCK\s+\S+\s+WRITE\s+(\d+)\s+[0-9a-f]+:[0-9a-f]+:(\d+)\s", re.MULTILINE)
+
+
+@dataclass
+class RunStats:
+    """One column of the table."""
+
+    name: str
+    workers: int
+    ok: int = 0
+    failed: int = 0
+    wrong_weights: int = 0
+    killed: int = 0
+    all_loaded_s: float | None = None
+    last_done_s: float = 0.0
+    bytes_served: int = 0
+    bytes_needed: int = 0
+    hub_requests: int = 0
+    requests_by_kind: dict[str, int] = field(default_factory=dict)
+    temp_files: int = 0
+    lock_backend: str | None = None
+    errors: dict[str, int] = field(default_factory=dict)
+
+
+# ------------------------------------------------------------------------------------------ setup
+
+
+def _needed_bytes(store: Any, repo_id: str, commit: str) -> int:
+    files = store.files(repo_id, commit)
+    return sum(f.size for p, f in files.items() if p.startswith(f"{SUBFOLDER}/"))
+
+
+def _worker_env(hub: LocalHub, home: Path, extra: dict[str, str]) -> dict[str, str | None]:
+    from .testing.pytest_plugin import quiet_env  # noqa: PLC0415 - optional testing extras
+
+    env: dict[str, str | None] = {**quiet_env()}
+    env.update(
+        {
+            "HF_HOME": str(home),
+            "HF_HUB_CACHE": str(home / "hub"),
+            "HF_ENDPOINT": hub.url,
+            "HF_TOKEN": None,
+            "HF_HUB_OFFLINE": None,
+            "TRANSFORMERS_OFFLINE": None,
+            "HUB_PREFETCH_LOCK": None,
+            "HUB_PREFETCH_LOCK_TIMEOUT": "120",
+            "HUB_PREFETCH_TESTING_NOOP_FLOCK": None,
+        }
+    )
+    env.update(extra)
+    return env
+
+
+def _plant_stale_lease(cache: Path) -> None:
+    """A holder "on node-17" takes the repo lease and dies (SIGKILL): its heartbeat stops with it."""
+    code = (
+        "import os, sys\n"
+        "from hub_prefetch.lock import RepoLock\n"
+        f"lock = RepoLock({str(cache)!r}, {REPO_ID!r}, backend='lease', lease_ttl={STALE_LEASE_TTL!r}, "
+        "host_id='node-17')\n"
+        "lock.acquire()\n"
+        "print('held', flush=True)\n"
+        "sys.stdin.read()\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        if line.strip() != "held":
+            raise RuntimeError("could not plant the stale lease")
+    finally:
+        proc.kill()
+        proc.wait()
+        for stream in (proc.stdin, proc.stdout):
+            if stream is not None:
+                stream.close()
+
+
+# ------------------------------------------------------------------------------------------ the killer
+
+
+def _flock_holders(cache: Path) -> list[int]:
+    """Pids holding an exclusive flock on a file under ``cache/.locks`` (from /proc/locks)."""
+    inodes: set[int] = set()
+    with contextlib.suppress(OSError):
+        for root, _dirs, files in os.walk(cache / ".locks"):
+            for name in files:
+                with contextlib.suppress(OSError):
+                    inodes.add(os.stat(os.path.join(root, name)).st_ino)
+    try:
+        text = Path("/proc/locks").read_text()
+    except OSError:
+        return []
+    return [int(pid) for pid, ino in _PROC_LOCKS.findall(text) if int(ino) in inodes]
+
+
+def _downloader(cache: Path, pids: list[int]) -> int | None:
+    """The worker that is downloading now: the repo lock's holder, else a per-blob flock's holder."""
+    with contextlib.suppress(Exception):
+        for info in list_locks(cache):
+            if info.holder is not None and not info.stale and info.holder.pid in pids:
+                return pids.index(info.holder.pid)
+    for pid in _flock_holders(cache):
+        if pid in pids:
+            return pids.index(pid)
+    return None
+
+
+def _kill_downloader(hub: LocalHub, pool: Any, cache: Path, stop: threading.Event, killed: list[int]) -> None:
+    """Once a shard is a quarter served, SIGKILL the worker downloading it."""
+    deadline = time.monotonic() + 60
+    while not stop.is_set() and time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            for rec in hub.requests():
+                if (
+                    rec.kind == "get"
+                    and rec.t_end is None
+                    and (rec.filename or "").endswith(".safetensors")
+                    and rec.size
+                    and rec.bytes_sent >= rec.size // 4
+                ):
+                    index = _downloader(cache, pool.pids)
+                    if index is not None:
+                        pool.kill(index)
+                        killed.append(index)
+                        return
+        stop.wait(0.02)
+
+
+# ------------------------------------------------------------------------------------------ one run
+
+
+def _one_run(
+    name: str,
+    *,
+    target: str,
+    hub: LocalHub,
+    home: Path,
+    env_extra: dict[str, str],
+    n: int,
+    fault: str,
+    cold: bool,
+    fingerprint: str,
+    needed: int,
+    status: StatusLine,
+) -> RunStats:
+    from .testing.forkpool import ForkedWorkers  # noqa: PLC0415 - optional testing extras
+
+    cache = home / "hub"
+    cache.mkdir(parents=True, exist_ok=True)
+    if cold and fault == "stale-lease" and "protected" in target:
+        _plant_stale_lease(cache)
+    env = _worker_env(hub, home, env_extra)
+    kwargs = {"repo_id": REPO_ID, "subfolder": SUBFOLDER}
+    status.waiting(f"{name}: starting {n} workers")
+    stats = RunStats(name=name, workers=n, bytes_needed=needed)
+    killed: list[int] = []
+    with ForkedWorkers(
+        f"hub_prefetch.testing.demo_targets:{target}",
+        kwargs,
+        n=n,
+        env=env,
+        timeout=150,
+        preload=_WORKER_PRELOAD,
+    ) as pool:
+        hub.reset_log()
+        if cold and fault == "http-503":
+            hub.fail("*/resolve/*", status=503, count=n)
+        status.waiting(f"{name}: {n} workers loading")
+        stop = threading.Event()
+        killer = None
+        if cold and fault == "killed-downloader":
+            killer = threading.Thread(
+                target=_kill_downloader, args=(hub, pool, cache, stop, killed), daemon=True
+            )
+            killer.start()
+        t_go = pool.go()
+        results = pool.results()
+        stop.set()
+        if killer is not None:
+            killer.join(5)
+        hub.clear_faults()
+    records = hub.requests()
+    errors: Counter[str] = Counter()
+    for r in results:
+        if r.error_type == "Killed" or r.index in killed:
+            stats.killed += 1
+        elif not r.ok:
+            stats.failed += 1
+            first = (r.error or "").strip().splitlines()[0] if r.error else ""
+            errors[f"{r.error_type}: {first[:160]}"] += 1
+        elif (r.value or {}).get("fingerprint") != fingerprint:
+            stats.wrong_weights += 1
+            errors["loaded weights that differ from the repo's"] += 1
+        else:
+            stats.ok += 1
+    ends = [r.t_end - t_go for r in results if r.error_type != "Killed"]
+    stats.last_done_s = max(ends, default=0.0)
+    stats.all_loaded_s = stats.last_done_s if not stats.failed and not stats.wrong_weights else None
+    stats.bytes_served = sum(r.bytes_sent for r in records if r.kind == "get")
+    stats.hub_requests = len(records)
+    stats.requests_by_kind = dict(Counter(r.kind for r in records))
+    stats.temp_files = sum(1 for p in cache.rglob("*.incomplete"))
+    locks = cache / ".locks" / "hub_prefetch"
+    if locks.is_dir():
+        kinds = {p.suffix for p in locks.iterdir()}
+        stats.lock_backend = "lease" if ".lease" in kinds and ".lock" not in kinds else "flock"
+    stats.errors = dict(errors)
+    return stats
+
+
+# ------------------------------------------------------------------------------------------ the table
+
+
+def _cell(stats: RunStats, row: str) -> str:
+    if row == "failed":
+        alive = stats.workers - stats.killed
+        text = f"{stats.failed + stats.wrong_weights} of {alive}"
+        return text + (f" (+{stats.killed} killed)" if stats.killed else "")
+    if row == "time":
+        if stats.all_loaded_s is None:
+            return f"never (last ended {human_seconds(stats.last_done_s)})"
+        return human_seconds(stats.all_loaded_s)
+    if row == "bytes":
+        ratio = stats.bytes_served / stats.bytes_needed if stats.bytes_needed else 0.0
+        return f"{human_bytes(stats.bytes_served)} / {human_bytes(stats.bytes_needed)} ({ratio:.1f}x)"
+    if row == "requests":
+        return str(stats.hub_requests)
+    if row == "temps":
+        return str(stats.temp_files)
+    raise KeyError(row)
+
+
+_ROWS = (
+    ("failed", "failed workers"),
+    ("time", "time until all loaded"),
+    ("bytes", "bytes served / needed"),
+    ("requests", "Hub requests"),
+    ("temps", "temp files left behind"),
+)
+
+
+def render_table(runs: list[RunStats]) -> str:
+    header = ["", *[r.name for r in runs]]
+    body = [[label, *[_cell(r, key) for r in runs]] for key, label in _ROWS]
+    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in [header, *body]
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------ entry
+
+
+def run_demo(args: argparse.Namespace, *, out: TextIO, err: TextIO, status: StatusLine) -> int:
+    """The ``demo`` command; returns 0 when every hub-prefetch worker loaded the right weights."""
+    try:
+        from .testing import LocalHub, RepoStore, build_sharded_model  # noqa: PLC0415 - optional extras
+    except ImportError as exc:
+        err.write(
+            f"hub-prefetch demo needs the testing extras ({exc.name} is missing): "
+            "pip install 'hub-prefetch[testing,transformers,torch]'\n"
+        )
+        return 2
+    n, fault = args.workers, args.fault
+    root = Path(tempfile.mkdtemp(prefix="hub-prefetch-demo-"))
+    started = time.monotonic()
+    runs: list[RunStats] = []
+    try:
+        with status:
+            status.waiting("building the tiny sharded model")
+            store = RepoStore(root / "store")
+            built = build_sharded_model(store, REPO_ID, subfolder=SUBFOLDER, shards=SHARDS)
+            needed = _needed_bytes(store, REPO_ID, built.commit)
+            hub = LocalHub.spawn(store.root)
+            try:
+                hub.set_bandwidth(args.bandwidth * 1e6)
+                noop = {"HUB_PREFETCH_TESTING_NOOP_FLOCK": "1"} if fault == "noop-flock" else {}
+                lease = {"HUB_PREFETCH_LOCK": "lease"} if fault == "stale-lease" else {}
+                common = {
+                    "n": n,
+                    "hub": hub,
+                    "fingerprint": built.fingerprint,
+                    "needed": needed,
+                    "status": status,
+                }
+                plan = [
+                    ("plain (cold)", "plain", root / "plain", noop, fault, True),
+                    ("hub-prefetch (cold)", "protected", root / "protected", {**noop, **lease}, fault, True),
+                    ("plain (warm)", "plain", root / "plain", noop, "none", False),
+                    (
+                        "hub-prefetch (warm)",
+                        "protected",
+                        root / "protected",
+                        {**noop, **lease},
+                        "none",
+                        False,
+                    ),
+                ]
+                for name, target, home, extra, run_fault, cold in plan:
+                    runs.append(
+                        _one_run(
+                            name,
+                            target=target,
+                            home=home,
+                            env_extra=extra,
+                            fault=run_fault,
+                            cold=cold,
+                            **common,
+                        )
+                    )
+            finally:
+                hub.stop()
+    finally:
+        if not args.keep:
+            shutil.rmtree(root, ignore_errors=True)
+    protected = [r for r in runs if r.name.startswith("hub-prefetch")]
+    ok = all(r.failed == 0 and r.wrong_weights == 0 for r in protected)
+    code = 0 if ok else 1
+    total = time.monotonic() - started
+    if args.json:
+        data = {
+            "ok": ok,
+            "exit_code": code,
+            "command": "demo",
+            "workers": n,
+            "fault": fault,
+            "fault_description": FAULTS[fault].format(n=n),
+            "bandwidth_mb_s": args.bandwidth,
+            "repo_id": REPO_ID,
+            "subfolder": SUBFOLDER,
+            "bytes_needed": needed,
+            "runs": [asdict(r) for r in runs],
+            "elapsed_s": total,
+            "folder": str(root) if args.keep else None,
+        }
+        out.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        out.flush()
+        return code
+    lines = [
+        (
+            f"hub-prefetch demo: {n} worker processes load {REPO_ID} ({SUBFOLDER}, {SHARDS} shards, "
+            f"{human_bytes(needed)}) with AutoModel.from_pretrained"
+        ),
+        f"local Hub at {args.bandwidth:g} MB/s (no network); fault: {fault} - {FAULTS[fault].format(n=n)}",
+        "",
+        render_table(runs),
+        "",
+    ]
+    for r in runs:
+        for message, count in sorted(r.errors.items(), key=lambda kv: -kv[1]):
+            lines.append(f"{r.name}: {count} x {message}")
+        if r.lock_backend and r.name.endswith("(cold)"):
+            lines.append(f"{r.name}: repo lock backend {r.lock_backend}")
+    lines.append(f"done in {human_seconds(total)}" + (f"; files kept in {root}" if args.keep else ""))
+    out.write("\n".join(lines) + "\n")
+    out.flush()
+    return code
+
+
+def main() -> int:  # pragma: no cover - ``python -m hub_prefetch.demo``
+    from .cli import main as cli_main  # noqa: PLC0415 - cli imports this module lazily
+
+    return cli_main(["demo", *sys.argv[1:]])
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

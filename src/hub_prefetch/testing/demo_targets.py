@@ -1,0 +1,50 @@
+"""Worker targets of ``hub-prefetch demo``: the plain and the protected load, with fault switches that act
+inside the worker process.
+
+Fault switches are environment variables read when this module is imported, which the worker does
+before it reports READY, so before huggingface_hub or hub-prefetch take any lock:
+
+``HUB_PREFETCH_TESTING_NOOP_FLOCK=1``
+    ``fcntl.flock`` returns at once and locks nothing, as on a Lustre, GPFS or NFS mount where ``flock``
+    is accepted but excludes no one. filelock (and so huggingface_hub's per-blob lock) and hub-prefetch's
+    backend probe both call the patched function.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from typing import Any
+
+__all__ = ["NOOP_FLOCK_ENV", "noop_flock_active", "plain", "protected"]
+
+#: The environment variable that turns ``fcntl.flock`` into a silent no-op in the worker.
+NOOP_FLOCK_ENV = "HUB_PREFETCH_TESTING_NOOP_FLOCK"
+
+
+def _noop_flock(fd: Any, operation: int) -> None:
+    del fd, operation
+
+
+def noop_flock_active() -> bool:
+    """Whether ``fcntl.flock`` is the no-op in this process."""
+    return fcntl.flock is _noop_flock
+
+
+if os.environ.get(NOOP_FLOCK_ENV, "").strip().lower() in ("1", "true", "yes"):
+    fcntl.flock = _noop_flock
+
+# After the patch on purpose, though every user looks fcntl.flock up at call time anyway.
+from . import protected_targets, targets  # noqa: E402
+
+
+def plain(repo_id: str, subfolder: str = "", **kwargs: Any) -> dict[str, Any]:
+    """``transformers.AutoModel.from_pretrained(repo_id, subfolder=...)``, nothing else."""
+    value = targets.plain_from_pretrained(repo_id, subfolder=subfolder, **kwargs)
+    return {"fingerprint": value["fingerprint"], "noop_flock": noop_flock_active()}
+
+
+def protected(repo_id: str, subfolder: str = "", **kwargs: Any) -> dict[str, Any]:
+    """The same load through :func:`hub_prefetch.from_pretrained_with_prefetch`."""
+    value = protected_targets.protected_from_pretrained(repo_id, subfolder=subfolder, **kwargs)
+    return {"fingerprint": value["fingerprint"], "commit": value["commit"], "noop_flock": noop_flock_active()}
