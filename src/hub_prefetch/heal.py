@@ -106,6 +106,7 @@ def from_pretrained_with_prefetch(
     prefetch_list: Iterable[str] | None = None,
     local_files_only: bool = False,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    prefetch_weights: bool = True,
     **from_pretrained_kwargs: Any,
 ) -> T:
     """Call ``factory`` (a bound ``SomeModel.from_pretrained``) on a verified, commit-pinned snapshot.
@@ -114,7 +115,8 @@ def from_pretrained_with_prefetch(
     and never reads a ref file a peer may be rewriting, while the loaded object still names
     ``model``. The two partial-cache shapes are healed by a verified re-prefetch (which repairs)
     and a reload, up to ``max_attempts`` loads; everything else is raised at once. Local paths and
-    ``local_files_only`` loads raise on the first failure.
+    ``local_files_only`` loads raise on the first failure. ``prefetch_weights=False`` fetches configs
+    and tokenizer files only, for loaders of configs, tokenizers, processors and schedulers.
     """
     kwargs = dict(from_pretrained_kwargs)
     if subfolder is not None:
@@ -130,6 +132,7 @@ def from_pretrained_with_prefetch(
         variant=kwargs.get("variant"),
         token=kwargs.get("token"),
         cache_dir=kwargs.get("cache_dir"),
+        weights=prefetch_weights,
     )
     result = _prefetch(req, force_check=False)
     offline = True
@@ -174,6 +177,7 @@ def from_pretrained_with_prefetch(
                     token=req.token,
                     all_files=True,
                     settings=req.settings,
+                    weights=req.weights,
                 )
             healed = _prefetch(req, force_check=True)
             unchanged = healed is not None and not (healed.downloaded or healed.repaired)

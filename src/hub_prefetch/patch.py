@@ -42,6 +42,16 @@ _TARGETS = (
     ("diffusers.pipelines.pipeline_utils", "DiffusionPipeline"),
 )
 _PIPELINES = {"DiffusionPipeline"}
+#: Loaders that read configs or tokenizer files only: their prefetch leaves the weights alone.
+_NO_WEIGHTS = {
+    "AutoConfig",
+    "AutoTokenizer",
+    "AutoProcessor",
+    "PretrainedConfig",
+    "PreTrainedTokenizerBase",
+    "ProcessorMixin",
+    "SchedulerMixin",
+}
 
 _state = threading.local()
 _installed: dict[type, Any] = {}
@@ -58,7 +68,7 @@ def _outermost() -> Iterator[bool]:
         _state.depth = depth
 
 
-def _wrap(original: Any, is_pipeline: bool) -> classmethod[Any, Any, Any]:
+def _wrap(original: Any, is_pipeline: bool, weights: bool) -> classmethod[Any, Any, Any]:
     func: Callable[..., Any] = original.__func__
 
     def from_pretrained(cls: type, pretrained: Any, *args: Any, **kwargs: Any) -> Any:
@@ -84,6 +94,7 @@ def _wrap(original: Any, is_pipeline: bool) -> classmethod[Any, Any, Any]:
                 pretrained,
                 subfolder=subfolder,
                 prefetch_list=[subfolder or ""],
+                prefetch_weights=weights,
                 **kwargs,
             )
 
@@ -105,7 +116,7 @@ def install() -> list[str]:
             if cls in _installed or not isinstance(original, classmethod):
                 continue
             _installed[cls] = original
-            cls.from_pretrained = _wrap(original, class_name in _PIPELINES)
+            cls.from_pretrained = _wrap(original, class_name in _PIPELINES, class_name not in _NO_WEIGHTS)
             patched.append(f"{module_name}.{class_name}")
     logger.debug("patched %s", patched)
     return patched

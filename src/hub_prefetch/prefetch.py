@@ -95,6 +95,7 @@ class Request:
     include_root_metadata: bool
     token: str | bool | None
     settings: Settings
+    weights: bool = True
 
     @classmethod
     def build(
@@ -109,6 +110,7 @@ class Request:
         include_root_metadata: bool = True,
         token: str | bool | None = None,
         settings: Settings | None = None,
+        weights: bool = True,
         **settings_overrides: Any,
     ) -> Request:
         repo_type = repo_type or "model"
@@ -132,6 +134,7 @@ class Request:
             include_root_metadata=include_root_metadata,
             token=token,
             settings=settings or Settings.from_env(**settings_overrides),
+            weights=weights,
         )
 
     @property
@@ -141,7 +144,12 @@ class Request:
     @property
     def selection_key(self) -> str:
         return cache.key_hash(
-            "selection-v1", self.subfolders, self.variant, self.all_files, self.include_root_metadata
+            "selection-v1",
+            self.subfolders,
+            self.variant,
+            self.all_files,
+            self.include_root_metadata,
+            self.weights,
         )
 
     def snapshot(self, commit: str) -> Path:
@@ -363,6 +371,7 @@ def _select(req: Request, listing: dict[str, ExpectedFile], read: Any) -> Select
         variant=req.variant,
         all_files=req.all_files,
         include_root_metadata=req.include_root_metadata or not req.subfolders,
+        weights=req.weights,
     )
 
 

@@ -153,17 +153,19 @@ def select_files(
     variant: str | None = None,
     all_files: bool = False,
     include_root_metadata: bool = True,
+    weights: bool = True,
 ) -> Selection:
     """Choose the files needed to load ``subfolders`` (``""`` is the repo root; none: root metadata only).
 
     ``listing`` maps every path of the commit to its metadata; ``load_index(path)`` returns the
-    bytes of an ``*.index.json`` (the caller downloads it). Raises
+    bytes of an ``*.index.json`` (the caller downloads it). ``weights=False`` takes configs and
+    tokenizer files only (for loading a config, tokenizer, processor or scheduler). Raises
     :class:`UnknownSubfolderError` for a subfolder with no files and
     :class:`CorruptRepoFileError` for an index that is not valid or names absent shards.
     """
     paths = sorted(listing)
     metadata: set[str] = set()
-    weights: set[str] = set()
+    weight_files: set[str] = set()
     folders = list(dict.fromkeys(subfolders))
     missing = [f for f in folders if f and not _children(paths, f, recursive=True)]
     if missing:
@@ -180,11 +182,13 @@ def select_files(
             continue
         children = _children(paths, folder, recursive=False)
         metadata.update(c for c in children if not _is_weight(c) and not _is_index(c) and not _skipped(c))
+        if not weights:
+            continue
         candidates = [c for c in children if _format_of(posixpath.basename(c)) is not None]
         indexes, chosen = _select_weights(candidates, variant, listing, load_index)
         metadata.update(indexes)
-        weights.update(chosen)
-    return Selection(metadata=tuple(sorted(metadata)), weights=tuple(sorted(weights - metadata)))
+        weight_files.update(chosen)
+    return Selection(metadata=tuple(sorted(metadata)), weights=tuple(sorted(weight_files - metadata)))
 
 
 def reference_selection(paths: Iterable[str], subfolders: Sequence[str]) -> list[str]:

@@ -306,3 +306,17 @@ def test_tokenizer_and_scheduler_through_the_protected_path(local_hub, built_rep
         UNet2DConditionModel.from_pretrained, "tiny/sd-pipe", subfolder="unet", cache_dir=str(hf_cache)
     )
     assert tensor_fingerprint(unet) == built_repos["sd/unet"].fingerprint
+
+
+def test_patched_config_load_fetches_no_weights(local_hub, built_repos, hf_cache):
+    from transformers import AutoConfig
+
+    built = built_repos["root"]
+    with hub_prefetch.protected_loads() as patched:
+        assert "transformers.models.auto.configuration_auto.AutoConfig" in patched
+        config = AutoConfig.from_pretrained(built.repo_id, cache_dir=str(hf_cache))
+    assert config.hidden_size != 768  # the repo's real, non-default config
+    gets = [r.filename for r in local_hub.requests() if r.kind == "get"]
+    assert gets and not [g for g in gets if g.endswith(".safetensors")]
+    assert AutoConfig.from_pretrained.__func__.__name__ == "from_pretrained"
+    assert not hasattr(AutoConfig.from_pretrained.__func__, "__wrapped__")  # uninstalled

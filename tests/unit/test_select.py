@@ -127,3 +127,10 @@ def test_selection_never_invents_files(listing, subs):
     assert set(sel.files) <= set(listing)
     for f in sel.weights:
         assert f not in sel.metadata
+
+
+def test_weights_false_takes_configs_and_tokenizer_files_only():
+    sel = _select(SHARDED, ["text_encoder", "tokenizer"], weights=False)
+    assert sel.weights == ()
+    assert "text_encoder/model.safetensors.index.json" not in sel.files
+    assert {"text_encoder/config.json", "tokenizer/tokenizer.json", "tokenizer/vocab.txt"} <= set(sel.files)
