@@ -252,7 +252,13 @@ class WorkerPool:
         wanted = self._round + 1
         for worker in self._workers:
             done = worker.wait_for(lambda: len(worker.messages) >= wanted, deadline)  # noqa: B023
-            if not done and worker.proc.poll() is None and worker.killed_by is None:
+            if done or worker.killed_by is not None:
+                continue
+            if worker.eof:
+                # Its stdout closed: it is exiting. Reap it before calling it a straggler.
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    worker.proc.wait(timeout=max(deadline - time.monotonic(), 5.0))
+            if worker.proc.poll() is None:
                 worker.killed_by = "Timeout"
                 worker.signal(signal.SIGKILL)
         for worker in self._workers:
