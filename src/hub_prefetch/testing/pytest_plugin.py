@@ -9,6 +9,8 @@ this plugin imports hub_prefetch (and so huggingface_hub): set the endpoint firs
         os.environ["HF_ENDPOINT"] = f"http://127.0.0.1:{s.getsockname()[1]}"
     os.environ["HF_HUB_DISABLE_TELEMETRY"] = "1"
     os.environ["HF_HUB_DISABLE_XET"] = "1"
+    os.environ.pop("HF_TOKEN", None)     # workers inherit os.environ: no real token, no offline flag
+    os.environ.pop("HF_HUB_OFFLINE", None)
     pytest_plugins = ["hub_prefetch.testing.pytest_plugin"]
 
 The session server binds the port named by ``HF_ENDPOINT``.
@@ -35,7 +37,7 @@ import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
 import pytest
@@ -77,7 +79,6 @@ QUIET_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "OMP_NUM_THREADS": "1",
     "MKL_NUM_THREADS": "1",
-    "PYTHONWARNINGS": "ignore",
 }
 
 
@@ -188,16 +189,18 @@ def hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def hf_env(hf_cache: Path, local_hub: LocalHub) -> dict[str, Any]:
-    env: dict[str, Any] = quiet_env()
+def hf_env(hf_cache: Path, local_hub: LocalHub) -> dict[str, str]:
+    """Plain strings only, so it also works as ``subprocess.run(env={**os.environ, **hf_env})``.
+
+    Tokens and offline flags of the developer's shell are dropped by ``tests/conftest.py`` (stdlib-only,
+    before anything imports huggingface_hub), so workers inheriting ``os.environ`` never see them.
+    """
+    env = quiet_env()
     env.update(
         {
             "HF_HOME": str(hf_cache.parent),
             "HF_HUB_CACHE": str(hf_cache),
             "HF_ENDPOINT": local_hub.url,
-            "HF_TOKEN": None,  # a developer's real token must not reach the tests
-            "HF_HUB_OFFLINE": None,
-            "TRANSFORMERS_OFFLINE": None,
         }
     )
     return env
