@@ -238,39 +238,35 @@ def _micro_body(cmd: dict[str, Any]) -> dict[str, Any]:
             max_iter=200,
             budget_s=budget,
         )
-    if what == "lock_cost":
-        return _lock_cost(repo_id, cache_dir, budget)
+    if what.startswith("lock_cost:"):
+        return _lock_cost(what.partition(":")[2], repo_id, cache_dir, budget)
     raise ValueError(f"unknown micro benchmark {what!r}")
 
 
-def _lock_cost(repo_id: str, cache_dir: str, budget: float) -> dict[str, Any]:
-    """Uncontended acquire + release of the repo lock, per backend (and the reference's bare flock)."""
-    out: dict[str, Any] = {}
-    try:
-        from benchmarks import lock_cost  # the lock helper's own measurement, when it has landed
-    except ImportError:
-        lock_cost = None  # type: ignore[assignment]
-    if lock_cost is not None and hasattr(lock_cost, "measure"):
-        with contextlib.suppress(Exception):
-            out["lock_cost_module"] = lock_cost.measure(cache_dir)
-    from hub_prefetch.lock import RepoLock
+def _lock_cost(backend: str, repo_id: str, cache_dir: str, budget: float) -> dict[str, Any]:
+    """Uncontended acquire + release: of the repo lock per backend (measured by the lock helper's
+    ``benchmarks/lock_cost.py``), or of the reference's bare ``flock`` on one file."""
+    folder = Path(cache_dir) / "lock-cost"
+    folder.mkdir(parents=True, exist_ok=True)
+    if backend in ("flock", "lease"):
+        from benchmarks import lock_cost
 
-    for backend in ("flock", "lease"):
-        lock = RepoLock(cache_dir, repo_id, backend=backend)
+        n = 200 if budget < 1 else 1000
+        median, best = lock_cost.measure(folder, backend, n, rounds=5)
+        return {
+            "n": 5 * n,
+            "median_us": median,
+            "min_us": best,
+            "p90_us": None,
+            "source": "lock_cost.measure",
+        }
+    if backend != "reference-flock":
+        raise ValueError(f"unknown lock backend {backend!r}")
+    import fcntl
 
-        def cycle(lock: RepoLock = lock) -> None:
-            with lock:
-                pass
-
-        try:
-            out[backend] = _timed(cycle, min_iter=50, max_iter=20000, budget_s=budget / 2)
-        except Exception as exc:
-            out[backend] = {"error": f"{type(exc).__name__}: {exc}"}
-    path = Path(cache_dir) / "reference-flock-probe.lock"
+    path = folder / "reference.lock"
 
     def bare() -> None:
-        import fcntl
-
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
@@ -278,8 +274,7 @@ def _lock_cost(repo_id: str, cache_dir: str, budget: float) -> dict[str, Any]:
         finally:
             os.close(fd)
 
-    out["reference-flock"] = _timed(bare, min_iter=50, max_iter=20000, budget_s=budget / 4)
-    return out
+    return _timed(bare, min_iter=50, max_iter=20000, budget_s=budget / 2)
 
 
 def run_micro(cmd: dict[str, Any]) -> dict[str, Any]:

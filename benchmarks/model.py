@@ -1,4 +1,5 @@
-"""The benchmark repo: a BERT of a few tens of MB, laid out the way many real Hub repos are.
+"""The benchmark repo: a BERT of ~13 MB (``--size``: small ~0.5 MB, medium, big ~21 MB), laid out the
+way many real Hub repos are.
 
 ``text_encoder/`` holds what a load needs (``config.json``, ``model.safetensors.index.json``, the
 safetensors shards) plus the legacy ``pytorch_model.bin`` copy that many real repos still carry beside
@@ -23,7 +24,16 @@ REPO_ID = "bench/bert-encoder"
 SUBFOLDER = "text_encoder"
 BUILD_FORMAT = 1
 
-#: ~5.3 M parameters: ~21 MB of float32 weights in 4 shards.
+#: ~3.3 M parameters: ~13 MB of float32 weights in 3 shards (quick and full mode).
+MEDIUM_CONFIG: dict[str, Any] = {
+    "vocab_size": 8000,
+    "hidden_size": 192,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "intermediate_size": 768,
+    "max_position_embeddings": 256,
+}
+#: ~5.3 M parameters: ~21 MB (``--size big``).
 BIG_CONFIG: dict[str, Any] = {
     "vocab_size": 8000,
     "hidden_size": 256,
@@ -32,6 +42,7 @@ BIG_CONFIG: dict[str, Any] = {
     "intermediate_size": 1024,
     "max_position_embeddings": 256,
 }
+CONFIGS: dict[str, dict[str, Any]] = {}
 SMALL_CONFIG: dict[str, Any] = {
     "vocab_size": 1000,
     "hidden_size": 64,
@@ -41,6 +52,7 @@ SMALL_CONFIG: dict[str, Any] = {
     "max_position_embeddings": 64,
 }
 _META = ".bench-build.json"
+CONFIGS.update(big=BIG_CONFIG, medium=MEDIUM_CONFIG, small=SMALL_CONFIG)
 
 
 @dataclass(frozen=True)
@@ -88,7 +100,7 @@ def _build(folder: Path, *, size: str, shards: int, legacy_bin: bool) -> dict[st
 
     transformers.logging.set_verbosity_error()
     torch.manual_seed(1234)
-    model = BertModel(BertConfig(**(BIG_CONFIG if size == "big" else SMALL_CONFIG)))
+    model = BertModel(BertConfig(**CONFIGS[size]))
     model.eval()
     total = sum(t.numel() * t.element_size() for t in model.state_dict().values())
     enc = folder / SUBFOLDER
@@ -104,7 +116,7 @@ def _build(folder: Path, *, size: str, shards: int, legacy_bin: bool) -> dict[st
     return {"fingerprint": tensor_fingerprint(model)}
 
 
-def build_repo(store: Any, *, size: str = "big", shards: int = 4, legacy_bin: bool = True) -> BenchRepo:
+def build_repo(store: Any, *, size: str = "medium", shards: int = 4, legacy_bin: bool = True) -> BenchRepo:
     """Build (or reuse) the benchmark model and commit it to ``store`` (a RepoStore) as :data:`REPO_ID`."""
     key = hashlib.sha256(json.dumps([BUILD_FORMAT, size, shards, legacy_bin, _versions()]).encode())
     root = Path(os.environ.get("HUB_PREFETCH_BUILD_CACHE") or tempfile.gettempdir()) / "hub-prefetch-bench"

@@ -227,14 +227,13 @@ def _micro_table(results: dict[str, Any]) -> str:
 def _lock_table(results: dict[str, Any]) -> str:
     rows = []
     for stack, micro in sorted(results.get("micro", {}).items()):
-        lc = micro.get("lock_cost", {})
         for backend in ("flock", "lease", "reference-flock"):
-            v = lc.get(backend, {})
+            v = micro.get(f"lock_cost:{backend}", {})
             if "median_us" in v:
-                rows.append([stack, backend, _fmt(v["median_us"], 1), _fmt(v["p90_us"], 1), str(v["n"])])
+                rows.append([stack, backend, _fmt(v["median_us"], 1), _fmt(v["min_us"], 1), str(v["n"])])
             elif v:
                 rows.append([stack, backend, "-", "-", v.get("error", "")])
-    return _table(["stack", "backend", "median us", "p90 us", "cycles"], rows)
+    return _table(["stack", "backend", "median us", "best us", "cycles"], rows)
 
 
 def markdown(results: dict[str, Any]) -> str:
@@ -311,6 +310,11 @@ def markdown(results: dict[str, Any]) -> str:
     out.append(_micro_table(results))
     out.append("")
     out.append("## Uncontended lock cost (acquire + release)")
+    out.append(
+        "`flock` and `lease`: `hub_prefetch.RepoLock` per backend, median of 5 rounds "
+        "(`benchmarks/lock_cost.py`); `reference-flock`: the reference's open + `flock` + unlock + close."
+    )
+    out.append("")
     out.append(_lock_table(results))
     out.append("")
     return "\n".join(out)

@@ -61,6 +61,7 @@ class Config:
     pythons: dict[str, str] = field(default_factory=dict)
     out: Path = RESULTS
     plots: bool = True
+    micro: bool = True
 
 
 def _default_python(stack: str) -> str:
@@ -80,31 +81,47 @@ def parse_args(argv: list[str] | None = None) -> Config:
         "--full", action="store_const", dest="mode", const="full", help="every axis, 64 workers"
     )
     p.add_argument("--workers", help="comma-separated worker counts (default: quick 1,8,32; full 1,8,32,64)")
-    p.add_argument("--stacks", help="comma-separated: new,old (default: quick new; full new,old)")
+    p.add_argument(
+        "--stacks", help="comma-separated names or name=python: new,old (default: quick new; full new,old)"
+    )
     p.add_argument("--locks", default="kernel,noop", help="kernel,noop")
     p.add_argument("--caches", default="cold,warm", help="cold,warm")
     p.add_argument("--approaches", default="plain,reference,hub-prefetch")
     p.add_argument("--bandwidth-mb", type=float, default=40.0, help="shared link, MB/s (default 40)")
-    p.add_argument("--size", choices=("big", "small"), default="big", help="small: a 1 MB model, for smoke")
+    p.add_argument(
+        "--size", choices=("small", "medium", "big"), default="medium", help="model: 0.5, 13 or 21 MB"
+    )
     p.add_argument("--no-legacy-bin", action="store_true", help="no pytorch_model.bin beside the shards")
     p.add_argument("--python-new", default=os.environ.get("BENCH_PYTHON_NEW") or _default_python("new"))
     p.add_argument("--python-old", default=os.environ.get("BENCH_PYTHON_OLD") or _default_python("old"))
     p.add_argument("--cell-timeout", type=float, default=300.0)
-    p.add_argument("--budget", type=float, help="seconds; cells past it are skipped (quick 540, full 3600)")
+    p.add_argument("--budget", type=float, help="seconds; cells past it are skipped (quick 480, full 3600)")
     p.add_argument("--micro-budget", type=float, default=2.0, help="seconds per warm-path micro benchmark")
     p.add_argument("--reps", type=int, default=1, help="repetitions of each cell (median kept)")
-    p.add_argument("--reps-single", type=int, default=3, help="repetitions of the 1-worker cells")
+    p.add_argument(
+        "--reps-single", type=int, default=3, help="repetitions of the 1-worker cells (kernel locks)"
+    )
     p.add_argument("--out", type=Path, default=RESULTS)
     p.add_argument("--no-plots", action="store_true")
+    p.add_argument("--no-micro", action="store_true", help="skip the one-process warm-path measurements")
     a = p.parse_args(argv)
     mode = a.mode or "quick"
     workers = a.workers or ("1,8,32" if mode == "quick" else "1,8,32,64")
     stacks = a.stacks or ("new" if mode == "quick" else "new,old")
-    n_list = sorted({int(x) for x in workers.split(",") if x.strip()} | {1})
+    # "x alone" needs the 1-worker cells: the default lists start with 1.
+    n_list = sorted({int(x) for x in workers.split(",") if x.strip()})
+    pythons = {"new": a.python_new, "old": a.python_old}
+    stack_names = []
+    for spec in stacks.split(","):
+        name, _, python = spec.strip().partition("=")
+        if name:
+            stack_names.append(name)
+        if python:
+            pythons[name] = python
     return Config(
         mode=mode,
         workers=n_list,
-        stacks=[s for s in stacks.split(",") if s],
+        stacks=stack_names,
         locks=[s for s in a.locks.split(",") if s],
         caches=[s for s in a.caches.split(",") if s],
         approaches=[s for s in a.approaches.split(",") if s],
@@ -112,13 +129,14 @@ def parse_args(argv: list[str] | None = None) -> Config:
         size=a.size,
         legacy_bin=not a.no_legacy_bin,
         cell_timeout=a.cell_timeout,
-        budget_s=a.budget if a.budget is not None else (540.0 if mode == "quick" else 3600.0),
+        budget_s=a.budget if a.budget is not None else (480.0 if mode == "quick" else 3600.0),
         micro_budget_s=a.micro_budget,
         reps=max(1, a.reps),
         reps_single=max(1, a.reps_single),
-        pythons={"new": a.python_new, "old": a.python_old},
+        pythons=pythons,
         out=a.out,
         plots=not a.no_plots,
+        micro=not a.no_micro,
     )
 
 
@@ -153,6 +171,7 @@ def _cell_metrics(raw: dict[str, Any], records: list[Any], n: int) -> dict[str, 
         "maxrss_mb_max": max(rss) / 1024 if rss else None,
         "maxrss_mb_median": sorted(rss)[len(rss) // 2] / 1024 if rss else None,
         "errors": errors[:3],
+        "first_traceback": next((w.get("traceback") for w in workers if w.get("traceback")), None),
     }
 
 
@@ -246,7 +265,8 @@ def _run_stack(  # noqa: PLR0917 - one private step of run()
                     if time.monotonic() - t0 > cfg.budget_s:
                         results["skipped"].append({"cell": label, "reason": "time budget spent"})
                         continue
-                    reps = max(cfg.reps, cfg.reps_single) if n == 1 else cfg.reps
+                    # The kernel-lock 1-worker cells are the "one process alone" baselines: repeat them.
+                    reps = max(cfg.reps, cfg.reps_single) if n == 1 and locks == "kernel" else cfg.reps
                     runs: dict[str, list[dict[str, Any]]] = {"cold": [], "warm": []}
                     for rep in range(reps):
                         home = work / "cells" / f"{stack}-{locks}-{approach}-{n}-{rep}"
@@ -265,7 +285,9 @@ def _run_stack(  # noqa: PLR0917 - one private step of run()
                     for cache in ("cold", "warm"):
                         if cache in cfg.caches and runs[cache]:
                             results["cells"].append(_median_run(runs[cache]))
-        if time.monotonic() - t0 <= cfg.budget_s + 60:
+        if not cfg.micro:
+            pass
+        elif time.monotonic() - t0 <= cfg.budget_s + 60:
             results["micro"][stack] = _micro(cfg, host, hub, repo, work / f"micro-{stack}")
         else:
             results["skipped"].append({"cell": f"{stack}/micro", "reason": "time budget spent"})
@@ -337,7 +359,9 @@ def _micro(cfg: Config, host: Host, hub: Any, repo: Any, home: Path) -> dict[str
             "hub-prefetch",
             "plain",
             "snapshot_download",
-            "lock_cost",
+            "lock_cost:flock",
+            "lock_cost:lease",
+            "lock_cost:reference-flock",
         ):
             hub.reset_log()
             answer = host.call({**base, "what": what}, timeout=300)
