@@ -1,0 +1,540 @@
+"""One download per cache domain inside a ``torch.distributed`` job, without long collectives.
+
+``prefetch_distributed(model, subfolders, ...)`` is :func:`hub_prefetch.prefetch` for every rank of a
+process group. The ranks that share one cache form a *cache domain*: one per node for node-local caches,
+one for the whole job when the cache sits on a shared filesystem. Exactly one rank per domain (its lowest)
+downloads; the others wait on a file beside the cache, never on a collective, so a download of any
+length cannot trip the collective timeout. The protocol::
+
+    every rank   validate the request; write a probe file <cache>/.locks/hub_prefetch/probes/<token>
+    collective   all_gather_object(host, cache realpath, token, request error)      (milliseconds)
+    every rank   which of the gathered probes can I see in *my* cache folder?
+    rank 0       resolve the revision to a commit (one metadata request, none if recently resolved)
+    collective   all_gather_object(visibility, rank 0: commit or error)             (one request long)
+    leader       heartbeat file dist-<run>/leader-<rank>.json; prefetch; outcome-<rank>.json
+    followers    poll the outcome file; take over (plain prefetch, which waits on the repo lock) when
+                 the leader's heartbeat stops or its process is gone; raise the leader's typed error
+
+Domains come from the probes (ranks that see each other's probe share a cache) unless the caller
+declares them with ``cache_scope="node"`` (one per host) or ``"shared"`` (one in all). A failed request
+(bad input, no such repo, gated, ...) raises the same typed error on every rank. Every rank returns a
+result for the commit rank 0 resolved, so the whole job loads one commit. Without an initialised
+``torch.distributed`` (and no ``group``), this is plain :func:`~hub_prefetch.prefetch`, whose lock
+(``flock`` or a heartbeat lease on shared filesystems) already coordinates independent processes.
+
+``torch`` is an optional dependency: it is imported only when this function runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import secrets
+import shutil
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from . import cache, errors
+from ._lease import HolderInfo, HostIdentity, dead_reason, process_start_time
+from .prefetch import PrefetchResult, Request, _fetch_listing, _known_commit, _record_revision, prefetch
+from .prefetch import run as run_request
+
+__all__ = ["CacheScope", "DomainPlan", "plan_domains", "prefetch_distributed"]
+
+logger = logging.getLogger("hub_prefetch.distributed")
+
+CacheScope = Literal["auto", "node", "shared"]
+
+_FORMAT = 1
+_GC_AGE_S = 24 * 3600.0
+_DIST_PREFIX = "dist-"
+
+
+# ---------------------------------------------------------------- typed errors across processes
+
+
+def encode_error(exc: BaseException) -> dict[str, Any]:
+    """A JSON form of ``exc`` that :func:`decode_error` turns back into the same class and message.
+
+    JSON rather than pickle: outcome files live in a cache other users may write to, and unpickling
+    what they wrote would run their code.
+    """
+    facts: dict[str, Any] = {}
+    for key, value in getattr(exc, "facts", {}).items():
+        with contextlib.suppress(TypeError, ValueError):
+            json.dumps(value)
+            facts[key] = value
+    return {
+        "type": type(exc).__name__,
+        "typed": isinstance(exc, errors.HubPrefetchError),
+        "message": getattr(exc, "message", None) or str(exc),
+        "facts": facts,
+    }
+
+
+def decode_error(data: dict[str, Any], **extra: Any) -> errors.HubPrefetchError:
+    """The typed error :func:`encode_error` described; a foreign exception becomes HubPrefetchError."""
+    cls = getattr(errors, str(data.get("type")), None)
+    message = str(data.get("message", ""))
+    facts = dict(data.get("facts") or {})
+    facts.update(extra)
+    if isinstance(cls, type) and issubclass(cls, errors.HubPrefetchError) and data.get("typed"):
+        with contextlib.suppress(TypeError):
+            return cls(message, **facts)
+    return errors.HubPrefetchError(f"{data.get('type')}: {message}", error_type=data.get("type"), **facts)
+
+
+# ---------------------------------------------------------------- cache domains
+
+
+@dataclass(frozen=True)
+class RankInfo:
+    """What one rank tells the others in the first exchange."""
+
+    rank: int
+    host: str
+    cache_realpath: str
+    token: str
+    error: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class DomainPlan:
+    """Ranks grouped by the cache they share; ``leader`` of each domain is its lowest rank."""
+
+    domains: tuple[tuple[int, ...], ...]
+
+    def domain_of(self, rank: int) -> tuple[int, ...]:
+        for domain in self.domains:
+            if rank in domain:
+                return domain
+        raise KeyError(rank)
+
+    def leader_of(self, rank: int) -> int:
+        return self.domain_of(rank)[0]
+
+
+def plan_domains(
+    infos: Sequence[RankInfo], seen: Sequence[Sequence[str]], scope: CacheScope = "auto"
+) -> DomainPlan:
+    """Group ranks into cache domains, the same way on every rank (a pure function of gathered facts).
+
+    ``seen[i]`` lists the probe tokens rank ``i`` found in its own cache folder. ``auto``: two ranks
+    share a domain when either sees the other's probe, or they run on one host with one cache path.
+    ``node``: one domain per (host, cache path). ``shared``: one domain in all.
+    """
+    ranks = [info.rank for info in infos]
+    if scope == "shared":
+        return DomainPlan((tuple(sorted(ranks)),))
+    parent = {r: r for r in ranks}
+
+    def find(r: int) -> int:
+        while parent[r] != r:
+            parent[r] = parent[parent[r]]
+            r = parent[r]
+        return r
+
+    def union(a: int, b: int) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+
+    by_place: dict[tuple[str, str], int] = {}
+    for info in infos:
+        place = (info.host, info.cache_realpath)
+        if place in by_place:
+            union(by_place[place], info.rank)
+        else:
+            by_place[place] = info.rank
+    if scope == "auto":
+        owner = {info.token: info.rank for info in infos}
+        for info, tokens in zip(infos, seen, strict=True):
+            for token in tokens:
+                if token in owner:
+                    union(info.rank, owner[token])
+    groups: dict[int, list[int]] = {}
+    for r in ranks:
+        groups.setdefault(find(r), []).append(r)
+    return DomainPlan(tuple(sorted(tuple(sorted(g)) for g in groups.values())))
+
+
+def _probe_dir(cache_dir: Path) -> Path:
+    return cache.lock_dir(cache_dir) / "probes"
+
+
+def _collect_garbage(folder: Path, prefix: str) -> None:
+    """Drop leftovers of crashed runs (probes, run folders) older than a day; never fails the call."""
+    now = time.time()
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(folder):
+            if not entry.name.startswith(prefix):
+                continue
+            with contextlib.suppress(OSError):
+                if now - entry.stat(follow_symlinks=False).st_mtime > _GC_AGE_S:
+                    if entry.is_dir(follow_symlinks=False):
+                        shutil.rmtree(entry.path, ignore_errors=True)
+                    else:
+                        os.unlink(entry.path)
+
+
+# ---------------------------------------------------------------- the leader's heartbeat
+
+
+class _Beacon:
+    """The leader's heartbeat: a small JSON file rewritten every ``interval`` seconds by a daemon thread."""
+
+    def __init__(self, path: Path, rank: int, me: HostIdentity, interval: float) -> None:
+        self.path = path
+        self.interval = interval
+        self.record: dict[str, Any] = {
+            "version": _FORMAT,
+            "rank": rank,
+            "host": me.host,
+            "boot_id": me.boot_id,
+            "pidns": me.pidns,
+            "pid": os.getpid(),
+            "start_time": process_start_time(os.getpid()),
+            "seq": 0,
+        }
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="hub-prefetch-leader-beacon", daemon=True)
+
+    def start(self) -> None:
+        self._beat()
+        self._thread.start()
+
+    def _beat(self) -> None:
+        self.record["seq"] += 1
+        self.record["beat_at"] = time.time()
+        cache.atomic_write_json(self.path, self.record)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                self._beat()
+            except errors.CacheWriteError as exc:
+                logger.warning("could not refresh %s: %s", self.path, exc)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _leader_dead(raw: dict[str, Any], me: HostIdentity) -> str | None:
+    """Why the leader that wrote beacon ``raw`` is certainly dead, judged from this host; else None."""
+    try:
+        holder = HolderInfo(
+            host=str(raw["host"]),
+            pid=int(raw["pid"]),
+            start_time=raw.get("start_time"),
+            token="",
+            acquired_at=0.0,
+            heartbeat_at=float(raw.get("beat_at", 0.0)),
+            backend="beacon",
+            boot_id=raw.get("boot_id"),
+            pidns=raw.get("pidns"),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+    return dead_reason(holder, me)
+
+
+# ---------------------------------------------------------------- the flow
+
+
+@dataclass(frozen=True)
+class _Run:
+    req: Request
+    rank: int
+    leader: int
+    domain: tuple[int, ...]
+    commit: str | None
+    folder: Path
+    me: HostIdentity
+    deep: bool | None
+    local_files_only: bool
+
+    @property
+    def outcome_path(self) -> Path:
+        return self.folder / f"outcome-{self.leader}.json"
+
+    @property
+    def beacon_path(self) -> Path:
+        return self.folder / f"leader-{self.leader}.json"
+
+
+def _resolve(req: Request, *, offline: bool) -> str | None:
+    """The commit the whole job loads: from a fresh record on disk, else one metadata request.
+
+    The listing it fetches is recorded in this (rank 0's) cache, so rank 0's own prefetch then needs
+    no further metadata request.
+    """
+    commit = _known_commit(req, any_age=offline)
+    if commit is not None or offline:
+        return commit
+    commit, _listing = _fetch_listing(req, req.revision)
+    _record_revision(req, commit)
+    return commit
+
+
+def _download(run: _Run) -> PrefetchResult:
+    """The downloader's part; the repo lock inside the core flow keeps it to one per cache."""
+    req = run.req
+    result = run_request(req, local_files_only=run.local_files_only, deep=run.deep)
+    if run.commit is not None and result.commit != run.commit:
+        # The branch moved between rank 0's resolution and this domain's: load what rank 0 saw.
+        logger.info(
+            "%s: this cache resolved %s to %s, rank 0 to %s; fetching %s",
+            req.label,
+            req.revision,
+            result.commit[:12],
+            run.commit[:12],
+            run.commit[:12],
+        )
+        pinned = dataclasses.replace(req, revision=run.commit)
+        result = run_request(pinned, local_files_only=run.local_files_only, deep=run.deep)
+        result = dataclasses.replace(result, revision=req.revision)
+    return result
+
+
+def _lead(run: _Run, beat_interval: float) -> PrefetchResult:
+    _collect_garbage(run.folder.parent, _DIST_PREFIX)
+    _collect_garbage(_probe_dir(run.req.settings.cache_dir), "")
+    beacon = _Beacon(run.beacon_path, run.rank, run.me, beat_interval)
+    beacon.start()
+    outcome: dict[str, Any] = {"version": _FORMAT, "leader": run.rank}
+    try:
+        result = _download(run)
+    except Exception as exc:
+        outcome.update(ok=False, error=encode_error(exc))
+        raise
+    except BaseException:
+        # Interrupted, not failed: the followers should take over at once, not inherit a KeyboardInterrupt.
+        outcome.update(ok=False, abandoned=True)
+        raise
+    else:
+        outcome.update(ok=True, commit=result.commit)
+        return result
+    finally:
+        beacon.stop()
+        with contextlib.suppress(errors.CacheWriteError):
+            cache.atomic_write_json(run.outcome_path, outcome)
+
+
+def _follow(run: _Run, *, stale_after: float, poll: float) -> PrefetchResult:
+    """Wait for the leader's outcome file; take over if the leader is gone."""
+    s = run.req.settings
+    start = time.monotonic()
+    deadline = None if s.lock_timeout is None or s.lock_timeout < 0 else start + s.lock_timeout
+    next_log = start + s.wait_log_interval
+    last_raw: bytes | None = None
+    last_change = start
+    takeover_reason = ""
+    while True:
+        outcome = cache.read_json(run.outcome_path, version=_FORMAT)
+        if outcome is not None:
+            break
+        now = time.monotonic()
+        raw = cache.read_bytes_nofollow(run.beacon_path)
+        if raw != last_raw:
+            last_raw, last_change = raw, now
+        beacon = None
+        if raw:
+            with contextlib.suppress(ValueError):
+                beacon = json.loads(raw)
+        reason = _leader_dead(beacon, run.me) if isinstance(beacon, dict) else None
+        if reason is None and now - last_change >= stale_after:
+            what = "heartbeat" if raw else "first heartbeat"
+            reason = f"its {what} stayed silent for {now - last_change:.1f} s"
+        if reason is not None:
+            takeover_reason = reason
+            break
+        if deadline is not None and now >= deadline:
+            raise errors.LockTimeout(
+                f"timed out after {now - start:.1f} s waiting for rank {run.leader} to prefetch "
+                f"{run.req.label}",
+                waited_s=round(now - start, 3),
+                leader_rank=run.leader,
+                repo_id=run.req.repo_id,
+                revision=run.req.revision,
+            )
+        if now >= next_log:
+            logger.info(
+                "rank %d: waiting for rank %d to prefetch %s; waited %.0f s",
+                run.rank,
+                run.leader,
+                run.req.label,
+                now - start,
+            )
+            next_log = now + s.wait_log_interval
+        time.sleep(poll)
+    waited = time.monotonic() - start
+    if outcome is not None and outcome.get("ok"):
+        commit = str(outcome.get("commit"))
+        pinned = dataclasses.replace(run.req, revision=commit)
+        # Warm by now: the stamp of that commit is on disk, so this is a few stats, no lock, no network.
+        result = run_request(pinned, local_files_only=run.local_files_only, deep=run.deep)
+        return dataclasses.replace(result, revision=run.req.revision, waited_s=waited)
+    if outcome is not None and not outcome.get("abandoned"):
+        raise decode_error(outcome.get("error") or {}, leader_rank=run.leader)
+    if outcome is not None:
+        takeover_reason = "it was interrupted"
+    logger.warning(
+        "rank %d: taking over the prefetch of %s from rank %d: %s",
+        run.rank,
+        run.req.label,
+        run.leader,
+        takeover_reason,
+    )
+    result = _download(run)
+    return dataclasses.replace(result, waited_s=waited + result.waited_s)
+
+
+def _world(group: Any) -> tuple[Any, int, int] | None:
+    """(torch.distributed, rank, world size) when a process group is usable, else None."""
+    try:
+        import torch.distributed as dist  # noqa: PLC0415 - torch is optional
+    except ImportError:
+        if group is not None:
+            raise
+        return None
+    if not dist.is_available() or (group is None and not dist.is_initialized()):
+        return None
+    return dist, int(dist.get_rank(group)), int(dist.get_world_size(group))
+
+
+def _gather(dist: Any, obj: Any, size: int, group: Any) -> list[Any]:
+    out: list[Any] = [None] * size
+    dist.all_gather_object(out, obj, group=group)
+    return out
+
+
+def prefetch_distributed(
+    model: str,
+    subfolders: Iterable[str] | str | None = None,
+    *,
+    revision: str | None = None,
+    repo_type: str | None = None,
+    variant: str | None = None,
+    all_files: bool = False,
+    include_root_metadata: bool = True,
+    cache_dir: str | os.PathLike[str] | None = None,
+    token: str | bool | None = None,
+    local_files_only: bool | None = None,
+    deep: bool | None = None,
+    group: Any = None,
+    cache_scope: CacheScope = "auto",
+    poll_interval: float = 0.1,
+) -> PrefetchResult:
+    """:func:`hub_prefetch.prefetch` on every rank of ``group`` (default: the default group), one download
+    per cache domain, no long collective; every rank gets the same commit or the same typed error.
+
+    Call it on every rank with the same arguments (``cache_dir`` may differ per node). The two
+    collectives it makes are short: an exchange of a few facts, and one that lasts as long as rank 0's
+    single metadata request. Waiting for the download happens on files, so any collective timeout is
+    irrelevant to it. A follower takes over when its leader's heartbeat stays silent for
+    ``HUB_PREFETCH_LEASE_TTL`` seconds, or at once when the leader's process is gone from the same host;
+    ``HUB_PREFETCH_LOCK_TIMEOUT`` bounds the wait with :class:`~hub_prefetch.errors.LockTimeout`.
+    """
+    if cache_scope not in ("auto", "node", "shared"):
+        raise errors.InvalidRequestError(f"cache_scope must be auto, node or shared, not {cache_scope!r}")
+    world = _world(group)
+    if world is None:
+        return prefetch(
+            model,
+            subfolders,
+            revision=revision,
+            repo_type=repo_type,
+            variant=variant,
+            all_files=all_files,
+            include_root_metadata=include_root_metadata,
+            cache_dir=cache_dir,
+            token=token,
+            local_files_only=local_files_only,
+            deep=deep,
+        )
+    dist, rank, size = world
+    me = HostIdentity.local()
+    token_ = secrets.token_hex(16)
+    req: Request | None = None
+    own: Exception | None = None
+    realpath = ""
+    try:
+        req = Request.build(
+            model,
+            subfolders,
+            revision=revision,
+            repo_type=repo_type,
+            variant=variant,
+            all_files=all_files,
+            include_root_metadata=include_root_metadata,
+            token=token,
+            cache_dir=cache_dir,
+        )
+        realpath = os.path.realpath(req.settings.cache_dir)
+        cache.atomic_write_bytes(_probe_dir(req.settings.cache_dir) / token_, b"")
+    except Exception as exc:  # noqa: BLE001 - every rank raises it after the exchange
+        own = exc
+    # Every rank enters both exchanges, even one whose request is bad: leaving early would hang the rest.
+    mine = RankInfo(rank, me.host, realpath, token_, encode_error(own) if own is not None else None)
+    infos: list[RankInfo] = _gather(dist, mine, size, group)
+    first_error = next((i for i in infos if i.error is not None), None)
+    seen: list[str] = []
+    commit: str | None = None
+    offline = bool(local_files_only) or (req is not None and req.settings.offline)
+    if first_error is None and req is not None:
+        folder = _probe_dir(req.settings.cache_dir)
+        seen = [i.token for i in infos if os.path.lexists(folder / i.token)]
+        if rank == 0:
+            try:
+                commit = _resolve(req, offline=offline)
+            except Exception as exc:  # noqa: BLE001 - every rank raises it after the exchange
+                own = exc
+    second: list[tuple[list[str], str | None, dict[str, Any] | None]] = _gather(
+        dist, (seen, commit, encode_error(own) if own is not None else None), size, group
+    )
+    if req is not None:
+        with contextlib.suppress(OSError):
+            (_probe_dir(req.settings.cache_dir) / token_).unlink()
+    if own is not None and (first_error is None or first_error.rank == rank):
+        raise own  # the same error the other ranks raise below, with its own traceback
+    if first_error is not None:
+        raise decode_error(first_error.error or {}, origin_rank=first_error.rank)
+    if second[0][2] is not None:
+        raise decode_error(second[0][2], origin_rank=0)
+    assert req is not None  # no error anywhere, so this rank built its request
+    commit = second[0][1]
+    plan = plan_domains(infos, [s for s, _c, _e in second], cache_scope)
+    domain = plan.domain_of(rank)
+    run_id = cache.key_hash("dist-run-v1", *sorted(i.token for i in infos))
+    run = _Run(
+        req=req,
+        rank=rank,
+        leader=domain[0],
+        domain=domain,
+        commit=commit,
+        folder=cache.lock_dir(req.settings.cache_dir) / f"{_DIST_PREFIX}{run_id}",
+        me=me,
+        deep=deep,
+        local_files_only=bool(local_files_only),
+    )
+    if rank == 0:
+        logger.info(
+            "%s: %d rank(s) in %d cache domain(s) %s; commit %s",
+            req.label,
+            size,
+            len(plan.domains),
+            [list(d) for d in plan.domains],
+            (commit or "?")[:12],
+        )
+    ttl = max(float(req.settings.lease_ttl), 0.1)
+    if run.leader == rank:
+        return _lead(run, beat_interval=ttl / 3.0)
+    return _follow(run, stale_after=ttl, poll=max(poll_interval, 0.005))
