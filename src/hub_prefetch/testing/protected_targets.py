@@ -7,7 +7,11 @@ commit the load was pinned to, so a test can check that every worker ended on th
 from __future__ import annotations
 
 import importlib
+import time
+from pathlib import Path
 from typing import Any
+
+from huggingface_hub import snapshot_download
 
 from .. import from_pretrained_with_prefetch, prefetch, prefetch_pipeline, protected_loads
 from .repos import tensor_fingerprint, tokenizer_fingerprint
@@ -18,6 +22,8 @@ __all__ = [
     "protected_from_pretrained",
     "protected_pipeline",
     "protected_tokenizer",
+    "storm_loader",
+    "storm_rewriter",
 ]
 
 
@@ -106,3 +112,55 @@ def protected_pipeline(repo_id: str, revision: str | None = None, **kwargs: Any)
         else:
             fingerprints[name] = type(component).__name__
     return {"fingerprints": fingerprints, "commit": result.commit}
+
+
+def storm_rewriter(
+    repo_id: str, cache_dir: str, signal_dir: str, loaders: int, deadline_s: float = 60
+) -> dict[str, Any]:
+    """Re-resolve ``main`` the reference way (``snapshot_download`` on a branch) until the loaders are done.
+
+    On huggingface_hub < 1.31 every call rewrites ``refs/main`` in place: the warm-cache storm.
+    """
+    done = Path(signal_dir)
+    calls = 0
+    stop = time.monotonic() + deadline_s
+    while time.monotonic() < stop and len(list(done.glob("done.*"))) < loaders:
+        snapshot_download(repo_id, cache_dir=cache_dir, allow_patterns=["*.json"])
+        calls += 1
+    return {"calls": calls}
+
+
+def storm_loader(
+    repo_id: str,
+    *,
+    subfolder: str,
+    cache_dir: str,
+    signal_dir: str,
+    index: int,
+    loads: int,
+    mode: str = "plain",
+) -> dict[str, Any]:
+    """Load ``loads`` times from a warm cache (``plain`` or ``protected``); count what failed."""
+    targets = _targets()
+    cls = targets.transformers.AutoModel
+    failures: list[str] = []
+    fingerprints = set()
+    try:
+        for _ in range(loads):
+            try:
+                if mode == "protected":
+                    model = from_pretrained_with_prefetch(
+                        cls.from_pretrained,
+                        repo_id,
+                        subfolder=subfolder,
+                        prefetch_list=[subfolder],
+                        cache_dir=cache_dir,
+                    )
+                else:
+                    model = cls.from_pretrained(repo_id, subfolder=subfolder, cache_dir=cache_dir)
+                fingerprints.add(tensor_fingerprint(model))
+            except Exception as exc:  # noqa: BLE001 - the failure is the measurement
+                failures.append(f"{type(exc).__name__}: {exc}"[:300])
+    finally:
+        (Path(signal_dir) / f"done.{index}").touch()
+    return {"failures": failures, "fingerprints": sorted(fingerprints)}
