@@ -1,0 +1,212 @@
+"""Worker targets that run a load inside an injected fault: a broken ``flock``, a umask, per-call
+environment, a lock holder that never lets go, a plain download that a test can stall.
+
+Every fault is undone when the call returns, so a :class:`~hub_prefetch.testing.workers.WorkerPool`
+can run a different fault in each round of the same processes (the soak does).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import importlib
+import os
+import time
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import hf_hub_download
+
+from .. import _fsprobe, prefetch
+from ..lock import RepoLock
+
+__all__ = [
+    "FLOCK_MODES",
+    "dispatch",
+    "faulty_flock",
+    "hold_repo_lock",
+    "load_under_faults",
+    "plain_download",
+    "prefetch_under_faults",
+]
+
+#: ``flock`` behaviours a worker can be given: as it is, raising (with that errno), or a silent no-op.
+FLOCK_MODES = ("ok", "ENOLCK", "ENOSYS", "EOPNOTSUPP", "noop")
+
+# huggingface_hub freezes these at import; its download code reads the module attributes at call time.
+_HF_CONSTANTS: dict[str, Callable[[str], Any]] = {
+    "HF_HUB_DOWNLOAD_TIMEOUT": int,
+    "HF_HUB_ETAG_TIMEOUT": int,
+    "HF_HUB_DISABLE_SYMLINKS": lambda v: v.strip().lower() in ("1", "true", "yes", "on"),
+    "HF_HUB_OFFLINE": lambda v: v.strip().lower() in ("1", "true", "yes", "on"),
+}
+
+
+@contextlib.contextmanager
+def faulty_flock(mode: str = "ok") -> Iterator[None]:
+    """Make ``fcntl.flock`` raise ``mode`` (an errno name) or do nothing (``"noop"``) for the block.
+
+    It acts on every ``flock`` of the process: ours, filelock's (huggingface_hub's blob locks) and the
+    probe's, as a filesystem without working ``flock`` would.
+    """
+    if mode not in FLOCK_MODES:
+        raise ValueError(f"flock mode must be one of {FLOCK_MODES}, not {mode!r}")
+    if mode == "ok":
+        yield
+        return
+    real = fcntl.flock
+
+    def fake(fd: Any, operation: int) -> None:
+        if mode == "noop":
+            return
+        code = getattr(errno, mode)
+        raise OSError(code, os.strerror(code))
+
+    fcntl.flock = fake
+    _fsprobe.clear_probe_cache()
+    try:
+        yield
+    finally:
+        fcntl.flock = real
+        _fsprobe.clear_probe_cache()
+
+
+@contextlib.contextmanager
+def call_env(env: Mapping[str, str | None] | None) -> Iterator[None]:
+    """Set (or, for None, unset) environment variables for the block, and huggingface_hub's frozen
+    copies of the few it reads at import."""
+    if not env:
+        yield
+        return
+    constants: Any = importlib.import_module("huggingface_hub.constants")
+    saved_env = {k: os.environ.get(k) for k in env}
+    saved_const = {k: getattr(constants, k) for k in env if k in _HF_CONSTANTS and hasattr(constants, k)}
+    try:
+        for key, value in env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+            if key in saved_const:
+                default = {"HF_HUB_DOWNLOAD_TIMEOUT": 10, "HF_HUB_ETAG_TIMEOUT": 10}.get(key, False)
+                setattr(constants, key, _HF_CONSTANTS[key](value) if value is not None else default)
+        yield
+    finally:
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        for key, value in saved_const.items():
+            setattr(constants, key, value)
+
+
+@contextlib.contextmanager
+def _umask(mask: int | None) -> Iterator[None]:
+    if mask is None:
+        yield
+        return
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@contextlib.contextmanager
+def _faults(flock: str, env: Mapping[str, str | None] | None, umask: int | None) -> Iterator[None]:
+    with call_env(env), faulty_flock(flock), _umask(umask):
+        yield
+
+
+def load_under_faults(
+    repo_id: str,
+    subfolder: str = "",
+    *,
+    flock: str = "ok",
+    env: Mapping[str, str | None] | None = None,
+    umask: int | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """:func:`~hub_prefetch.testing.protected_targets.protected_from_pretrained` inside the given faults;
+    the loader's result plus the process id."""
+    protected = importlib.import_module("hub_prefetch.testing.protected_targets")
+    with _faults(flock, env, umask):
+        value: dict[str, Any] = protected.protected_from_pretrained(repo_id, subfolder, **kwargs)
+    value["pid"] = os.getpid()
+    return value
+
+
+def prefetch_under_faults(
+    repo_id: str,
+    subfolders: list[str] | None = None,
+    *,
+    flock: str = "ok",
+    env: Mapping[str, str | None] | None = None,
+    umask: int | None = None,
+    **kwargs: Any,
+) -> dict[str, Any]:
+    """:func:`hub_prefetch.prefetch` inside the given faults; the result as a dict."""
+    with _faults(flock, env, umask):
+        result = prefetch(repo_id, subfolders, **kwargs).to_dict()
+    result["pid"] = os.getpid()
+    return result
+
+
+def hold_repo_lock(
+    cache_dir: str,
+    repo_id: str,
+    *,
+    marker: str,
+    release: str | None = None,
+    revision: str = "main",
+    backend: str | None = None,
+    host_id: str | None = None,
+    lease_ttl: float | None = None,
+    max_hold_s: float = 600.0,
+) -> dict[str, Any]:
+    """Take the repo lock, write ``marker`` (so the test knows), and keep it until the file ``release``
+    exists (never, when None) or ``max_hold_s`` passed: a holder that is stuck, or one to kill."""
+    if host_id:
+        os.environ["HUB_PREFETCH_HOST_ID"] = host_id  # as a process on another host would be named
+    lock = RepoLock(
+        cache_dir,
+        repo_id,
+        revision=revision,
+        backend=backend,  # type: ignore[arg-type]
+        lease_ttl=lease_ttl,
+    )
+    t0 = time.monotonic()
+    with lock:
+        Path(marker).write_text(f"{os.getpid()} {lock.backend}\n")
+        while time.monotonic() - t0 < max_hold_s:
+            if release and os.path.exists(release):
+                break
+            time.sleep(0.02)
+    return {"pid": os.getpid(), "held_s": time.monotonic() - t0, "backend": lock.backend}
+
+
+def plain_download(
+    repo_id: str, filename: str, cache_dir: str | None = None, **kwargs: Any
+) -> dict[str, Any]:
+    """``huggingface_hub.hf_hub_download``: a writer outside hub-prefetch's lock (a plain loader)."""
+    path = hf_hub_download(repo_id, filename, cache_dir=cache_dir, **kwargs)
+    return {"path": path, "size": os.path.getsize(path), "pid": os.getpid()}
+
+
+_ACTIONS: dict[str, Callable[..., Any]] = {
+    "load": load_under_faults,
+    "prefetch": prefetch_under_faults,
+    "hold_lock": hold_repo_lock,
+    "plain_download": plain_download,
+}
+
+
+def dispatch(action: str = "noop", **kwargs: Any) -> Any:
+    """One pool target for every action above (``"noop"`` does nothing), so that the same processes,
+    imports paid once, can run a different action in each round."""
+    if action == "noop":
+        return {"pid": os.getpid()}
+    return _ACTIONS[action](**kwargs)
