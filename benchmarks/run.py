@@ -46,6 +46,7 @@ METADATA_KINDS = ("revision", "tree", "head", "other")
 class Config:
     mode: str
     workers: list[int]
+    workers_per_stack: dict[str, list[int]]
     stacks: list[str]
     locks: list[str]
     caches: list[str]
@@ -82,7 +83,11 @@ def parse_args(argv: list[str] | None = None) -> Config:
     )
     p.add_argument("--workers", help="comma-separated worker counts (default: quick 1,8,32; full 1,8,32,64)")
     p.add_argument(
-        "--stacks", help="comma-separated names or name=python: new,old (default: quick new; full new,old)"
+        "--workers-old", help="worker counts on the old stack (default: quick 1,8; full = --workers)"
+    )
+    p.add_argument(
+        "--stacks",
+        help="comma-separated names or name=python (default new,old; a stack without its venv is skipped)",
     )
     p.add_argument("--locks", default="kernel,noop", help="kernel,noop")
     p.add_argument("--caches", default="cold,warm", help="cold,warm")
@@ -107,9 +112,11 @@ def parse_args(argv: list[str] | None = None) -> Config:
     a = p.parse_args(argv)
     mode = a.mode or "quick"
     workers = a.workers or ("1,8,32" if mode == "quick" else "1,8,32,64")
-    stacks = a.stacks or ("new" if mode == "quick" else "new,old")
+    stacks = a.stacks or "new,old"
     # "x alone" needs the 1-worker cells: the default lists start with 1.
     n_list = sorted({int(x) for x in workers.split(",") if x.strip()})
+    old_spec = a.workers_old or (a.workers or ("1,8" if mode == "quick" else workers))
+    per_stack = {"old": sorted({int(x) for x in old_spec.split(",") if x.strip()})}
     pythons = {"new": a.python_new, "old": a.python_old}
     stack_names = []
     for spec in stacks.split(","):
@@ -121,6 +128,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
     return Config(
         mode=mode,
         workers=n_list,
+        workers_per_stack=per_stack,
         stacks=stack_names,
         locks=[s for s in a.locks.split(",") if s],
         caches=[s for s in a.caches.split(",") if s],
@@ -200,6 +208,7 @@ def run(cfg: Config) -> dict[str, Any]:
         },
         "settings": {
             "workers": cfg.workers,
+            "workers_per_stack": cfg.workers_per_stack,
             "stacks": cfg.stacks,
             "locks": cfg.locks,
             "caches": cfg.caches,
@@ -259,7 +268,7 @@ def _run_stack(  # noqa: PLR0917 - one private step of run()
     _log(f"stack {stack}: {host.info['versions']}")
     try:
         for locks in cfg.locks:
-            for n in cfg.workers:
+            for n in cfg.workers_per_stack.get(stack, cfg.workers):
                 for approach in cfg.approaches:
                     label = f"{stack}/{locks}/{approach}/n={n}"
                     if time.monotonic() - t0 > cfg.budget_s:
