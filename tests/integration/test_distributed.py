@@ -20,24 +20,31 @@ from typing import Any
 
 import pytest
 
+import hub_prefetch
+
 pytestmark = pytest.mark.slow
 
 SHARDED = "tiny/sharded-bert"
 SUB = "text_encoder"
 HERE = Path(__file__).resolve().parent
 TARGET = f"{Path(__file__).stem}:rank_main"
-SINGLE = f"{Path(__file__).stem}:single_main"
 # Imported before READY, so that GO starts the calls rather than the imports.
-PRELOAD = ("torch.distributed", "transformers", "hub_prefetch.testing.repos", "hub_prefetch.distributed")
+PRELOAD = (
+    "torch.distributed",
+    "transformers",
+    "transformers.models.bert.modeling_bert",
+    "hub_prefetch.testing.repos",
+    "hub_prefetch.distributed",
+)
 
 
 # ----------------------------------------------------------------------------- worker targets
 
 
 def _load(repo_id: str, subfolder: str, commit: str, cache_dir: str) -> str:
-    import transformers  # noqa: PLC0415 - workers only
+    import transformers
 
-    from hub_prefetch.testing.repos import tensor_fingerprint  # noqa: PLC0415
+    from hub_prefetch.testing.repos import tensor_fingerprint
 
     transformers.logging.set_verbosity_error()
     model = transformers.AutoModel.from_pretrained(
@@ -52,67 +59,78 @@ def rank_main(
     world: int,
     init_file: str,
     host_id: str,
-    cache_dir: str,
-    repo_id: str = SHARDED,
-    subfolder: str = SUB,
+    phases: list[dict[str, Any]],
+    baseline_cache: str | None = None,
     group_timeout: float | None = None,
-    scope: str = "auto",
     control_timeout: bool = False,
 ) -> dict[str, Any]:
-    """One rank: join the group, prefetch_distributed, load with local_files_only, report."""
+    """One rank: join the group, then per phase: prefetch_distributed, load with local_files_only.
+
+    Phases run back to back in the same processes (one process start for several scenarios); the
+    default group's barrier separates them. ``baseline_cache``: rank 0 first prefetches and loads alone
+    while the others wait (the "one process alone" figure).
+    """
     os.environ["HUB_PREFETCH_HOST_ID"] = host_id
-    from datetime import timedelta  # noqa: PLC0415
+    from datetime import timedelta
 
-    import torch.distributed as dist  # noqa: PLC0415
+    import torch.distributed as dist
 
-    from hub_prefetch.distributed import prefetch_distributed  # noqa: PLC0415
+    import hub_prefetch
+    from hub_prefetch.distributed import prefetch_distributed
 
     dist.init_process_group(
         "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=timedelta(seconds=120)
     )
     group = dist.new_group(timeout=timedelta(seconds=group_timeout)) if group_timeout else None
-    # Line the ranks up before the clock starts (no download has begun yet).
-    dist.barrier(group=group)
-    t0 = time.time()
-    result = prefetch_distributed(repo_id, [subfolder], cache_dir=cache_dir, group=group, cache_scope=scope)  # type: ignore[arg-type]
-    t1 = time.time()
-    fingerprint = _load(repo_id, subfolder, result.commit, cache_dir)
-    t2 = time.time()
-    control = None
+    out: dict[str, Any] = {"rank": rank, "phases": []}
+    if baseline_cache is not None:
+        dist.barrier()
+        if rank == 0:
+            t0 = time.time()
+            res = hub_prefetch.prefetch(SHARDED, [SUB], cache_dir=baseline_cache)
+            _load(SHARDED, SUB, res.commit, baseline_cache)
+            out["baseline"] = {"t0": t0, "t2": time.time()}
+    for phase in phases:
+        repo_id, subfolder = phase.get("repo_id", SHARDED), phase.get("subfolder", SUB)
+        # Line the ranks up before the clock starts (no download of this phase has begun yet).
+        dist.barrier()
+        t0 = time.time()
+        rec: dict[str, Any] = {"t0": t0, "ok": False}
+        try:
+            result = prefetch_distributed(
+                repo_id,
+                [phase.get("bad_subfolder", subfolder)] if "bad_subfolder" in phase else [subfolder],
+                cache_dir=phase["cache_dir"],
+                group=group,
+                cache_scope=phase.get("scope", "auto"),
+            )
+        except Exception as exc:
+            rec.update(t1=time.time(), error_type=type(exc).__name__, error=str(exc))
+            out["phases"].append(rec)
+            continue
+        rec.update(
+            ok=True,
+            t1=time.time(),
+            commit=result.commit,
+            revision=result.revision,
+            downloaded=list(result.downloaded),
+            bytes_total=result.bytes_total,
+            warm=result.warm,
+            waited_s=result.waited_s,
+        )
+        rec["fingerprint"] = _load(repo_id, subfolder, result.commit, phase["cache_dir"])
+        rec["t2"] = time.time()
+        out["phases"].append(rec)
     if control_timeout:
         # Proof that the group's short timeout is real: a collective that one rank joins late fails.
         if rank == 0:
             time.sleep(float(group_timeout or 0) + 1.5)
         try:
             dist.barrier(group=group)
-            control = "ok"
-        except Exception as exc:  # noqa: BLE001 - reported to the test
-            control = f"{type(exc).__name__}: {exc}"[:200]
-    return {
-        "rank": rank,
-        "commit": result.commit,
-        "revision": result.revision,
-        "fingerprint": fingerprint,
-        "downloaded": list(result.downloaded),
-        "bytes_total": result.bytes_total,
-        "warm": result.warm,
-        "waited_s": result.waited_s,
-        "t0": t0,
-        "t1": t1,
-        "t2": t2,
-        "t3": time.time(),
-        "control": control,
-    }
-
-
-def single_main(*, cache_dir: str, repo_id: str = SHARDED, subfolder: str = SUB) -> dict[str, Any]:
-    """The baseline: one process alone prefetches and loads."""
-    import hub_prefetch  # noqa: PLC0415
-
-    t0 = time.time()
-    result = hub_prefetch.prefetch(repo_id, [subfolder], cache_dir=cache_dir)
-    fingerprint = _load(repo_id, subfolder, result.commit, cache_dir)
-    return {"t0": t0, "t2": time.time(), "fingerprint": fingerprint, "bytes_total": result.bytes_total}
+            out["control"] = "ok"
+        except Exception as exc:
+            out["control"] = f"{type(exc).__name__}: {exc}"[:200]
+    return out
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -128,41 +146,38 @@ def _env(hf_env: dict[str, Any], **extra: str) -> dict[str, Any]:
     return env
 
 
-def _ranks(tmp_path: Path, layout: Sequence[tuple[str, Path]], **kw: Any) -> list[dict[str, Any]]:
+def _ranks(
+    tmp_path: Path,
+    hosts: Sequence[str],
+    phases: Sequence[dict[str, Any] | Sequence[dict[str, Any]]],
+    **kw: Any,
+) -> list[dict[str, Any]]:
+    """Per-rank kwargs; a phase given as a sequence holds one dict per rank (per-node caches)."""
     init = tmp_path / "store"
     return [
         {
             "rank": r,
-            "world": len(layout),
+            "world": len(hosts),
             "init_file": str(init),
             "host_id": host,
-            "cache_dir": str(cache),
+            "phases": [dict(p) if isinstance(p, dict) else dict(p[r]) for p in phases],
             **kw,
         }
-        for r, (host, cache) in enumerate(layout)
+        for r, host in enumerate(hosts)
     ]
 
 
 def _pool(env: dict[str, Any], kwargs: list[dict[str, Any]], timeout: float = 150) -> Any:
-    from hub_prefetch.testing import WorkerPool  # noqa: PLC0415
+    from hub_prefetch.testing import WorkerPool
 
     return WorkerPool(TARGET, kwargs, n=len(kwargs), env=env, timeout=timeout, preload=PRELOAD)
 
 
-def _run(env: dict[str, Any], kwargs: list[dict[str, Any]], timeout: float = 150) -> list[Any]:
+def _run(env: dict[str, Any], kwargs: list[dict[str, Any]], timeout: float = 150) -> list[dict[str, Any]]:
     with _pool(env, kwargs, timeout) as pool:
-        t_start = time.monotonic()
         pool.wait_ready()
-        t_ready = time.monotonic()
         pool.go()
-        results = list(pool.results())
-        t_go = pool.t_go or 0.0
-        print(
-            f"\n[pool] {len(kwargs)} workers ready in {t_ready - t_start:.1f} s, ran {time.monotonic() - t_ready:.1f} s;"
-            f" calls {[round(r.t_start - t_go, 1) for r in results]} -> {[round(r.t_end - t_go, 1) for r in results]}"
-            f" t0..t3 {[[round(r.value[k] - t_go, 1) for k in ('t0', 't1', 't2', 't3')] for r in results if r.ok]}"
-        )
-        return results
+        return _ok(pool.results())
 
 
 def _ok(results: Sequence[Any]) -> list[dict[str, Any]]:
@@ -170,62 +185,70 @@ def _ok(results: Sequence[Any]) -> list[dict[str, Any]]:
     return [r.value for r in results]
 
 
-def _baseline(env: dict[str, Any], tmp_path: Path) -> float:
-    from hub_prefetch.testing import run_workers  # noqa: PLC0415
-
-    (result,) = run_workers(
-        SINGLE, {"cache_dir": str(tmp_path / "alone")}, n=1, env=env, timeout=120, preload=PRELOAD
-    )
-    assert result.ok, result.error
-    return float(result.value["t2"] - result.value["t0"])
+def _phase(values: Sequence[dict[str, Any]], i: int) -> list[dict[str, Any]]:
+    return [{"rank": v["rank"], **v["phases"][i]} for v in values]
 
 
-def _metadata(hub: Any) -> int:
-    counts = hub.counts()
-    return int(counts["revision"] + counts["tree"] + counts["other"])
+def _window(hub: Any, recs: Sequence[dict[str, Any]]) -> list[Any]:
+    """The Hub requests made during one phase (phases are separated by a barrier)."""
+    lo = min(r["t0"] for r in recs)
+    hi = max(r.get("t2", r["t1"]) for r in recs)
+    return [q for q in hub.requests() if lo <= q.t_start <= hi]
 
 
-def _model_files(values: Sequence[dict[str, Any]], hub: Any) -> list[str]:
-    return [f for f in hub.store.files(SHARDED, values[0]["commit"]) if f.startswith(f"{SUB}/")]
+def _metadata(requests: Sequence[Any]) -> int:
+    return sum(q.kind in ("revision", "tree", "other") for q in requests)
+
+
+def _served(requests: Sequence[Any], filename: str) -> int:
+    return sum(q.full_body and q.filename == filename for q in requests)
+
+
+def _model_files(hub: Any, commit: str, repo_id: str = SHARDED, sub: str = SUB) -> list[str]:
+    return [f for f in hub.store.files(repo_id, commit) if f.startswith(f"{sub}/") or not sub]
 
 
 # ----------------------------------------------------------------------------- tests
 
 
-@pytest.mark.parametrize("shared", [False, True], ids=["node-local caches", "shared cache"])
 def test_two_nodes_of_four_ranks_download_once_per_cache_domain(
-    local_hub: Any, built_repos: Any, hf_env: dict[str, Any], tmp_path: Path, shared: bool
+    local_hub: Any, built_repos: Any, hf_env: dict[str, Any], tmp_path: Path
 ) -> None:
+    """Node-local caches: each file served once per node; one shared cache: once in all. Domains are
+    found by the probe files (scope "auto"), not declared."""
     env = _env(hf_env)
-    rate = 2_000_000.0
-    local_hub.set_bandwidth(rate)
-    alone = _baseline(env, tmp_path)
-    local_hub.reset_log()
-
-    caches = {h: tmp_path / ("shared" if shared else h) / "hub" for h in ("node-a", "node-b")}
-    layout = [(h, caches[h]) for h in ("node-a", "node-b") for _ in range(4)]
-    values = _ok(_run(env, _ranks(tmp_path, layout)))
-
-    commit = built_repos["sharded"].commit
-    assert {v["commit"] for v in values} == {commit}
-    assert {v["fingerprint"] for v in values} == {built_repos["sharded"].fingerprint}
-    domains = 1 if shared else 2
-    downloaders = [v["rank"] for v in values if v["downloaded"]]
-    assert downloaders == ([0] if shared else [0, 4])
-    for f in _model_files(values, local_hub):
-        assert local_hub.times_served(f) == domains, f
-    model_bytes = values[0]["bytes_total"]
-    served = local_hub.bytes_served()
-    assert served == domains * model_bytes
-    assert _metadata(local_hub) <= domains  # rank 0 resolves once; every other domain once
-    elapsed = max(v["t2"] for v in values) - min(v["t0"] for v in values)
-    print(
-        f"\n[2 nodes x 4 ranks, {'shared' if shared else 'node-local'} cache] bytes served / model = "
-        f"{served / model_bytes:.2f}; time all loaded = {elapsed:.2f} s = {elapsed / alone:.2f} x one process "
-        f"alone ({alone:.2f} s); metadata requests {_metadata(local_hub)}, HEAD {local_hub.counts()['head']}"
-    )
-    # Waiting ranks load at about the leader's pace: a per-rank download would take 4-8 x as long.
-    assert elapsed < 3.0 * alone + 5.0
+    local_hub.set_bandwidth(1_000_000.0)
+    hosts = ["node-a"] * 4 + ["node-b"] * 4
+    local = [{"cache_dir": str(tmp_path / "local" / h / "hub")} for h in hosts]
+    shared = {"cache_dir": str(tmp_path / "shared" / "hub")}
+    values = _run(env, _ranks(tmp_path, hosts, [local, shared], baseline_cache=str(tmp_path / "alone")))
+    base = values[0]["baseline"]
+    alone = base["t2"] - base["t0"]
+    built = built_repos["sharded"]
+    files = _model_files(local_hub, built.commit)
+    for i, (name, domains) in enumerate([("node-local", 2), ("shared", 1)]):
+        recs = _phase(values, i)
+        assert all(r["ok"] for r in recs), recs
+        assert {r["commit"] for r in recs} == {built.commit}
+        assert {r["fingerprint"] for r in recs} == {built.fingerprint}
+        assert [r["rank"] for r in recs if r["downloaded"]] == ([0, 4] if domains == 2 else [0])
+        requests = _window(local_hub, recs)
+        for f in files:
+            assert _served(requests, f) == domains, (name, f)
+        model_bytes = recs[0]["bytes_total"]
+        served = sum(q.bytes_sent for q in requests if q.kind == "get")
+        assert served == domains * model_bytes, name
+        # Rank 0 resolves main once (its listing serves its own domain); every other domain asks once.
+        assert _metadata(requests) == domains, name
+        elapsed = max(r["t2"] for r in recs) - min(r["t0"] for r in recs)
+        print(
+            f"\n[2 nodes x 4 ranks, {name} cache] bytes served / model size = {served / model_bytes:.2f}; "
+            f"time until all 8 loaded = {elapsed:.2f} s = {elapsed / alone:.2f} x one process alone "
+            f"({alone:.2f} s); metadata requests {_metadata(requests)}, "
+            f"HEAD {sum(q.kind == 'head' for q in requests)}"
+        )
+        # Waiting ranks finish at the leader's pace; one download per rank would cost 4-8 x the bytes.
+        assert elapsed < 3.0 * alone + 5.0, (name, elapsed, alone)
 
 
 def test_slow_leader_does_not_trip_a_short_collective_timeout(
@@ -233,25 +256,148 @@ def test_slow_leader_does_not_trip_a_short_collective_timeout(
 ) -> None:
     env = _env(hf_env)
     group_timeout = 2.0
-    cache = tmp_path / "hub"
+    built = built_repos["sharded"]
     model_bytes = sum(
-        s.size
-        for p, s in local_hub.store.files(SHARDED, built_repos["sharded"].commit).items()
-        if p.startswith(SUB)
+        s.size for p, s in local_hub.store.files(SHARDED, built.commit).items() if p.startswith(SUB)
     )
-    # Throttled so the download lasts about three collective timeouts.
+    # Throttled so that the download lasts about three collective timeouts.
     local_hub.set_bandwidth(model_bytes / (3 * group_timeout))
-    layout = [("node-a", cache)] * 4
-    values = _ok(_run(env, _ranks(tmp_path, layout, group_timeout=group_timeout, control_timeout=True)))
-    assert {v["commit"] for v in values} == {built_repos["sharded"].commit}
-    leader = values[0]
-    download_s = leader["t1"] - leader["t0"]
+    phase = {"cache_dir": str(tmp_path / "hub")}
+    kwargs = _ranks(tmp_path, ["node-a"] * 4, [phase], group_timeout=group_timeout, control_timeout=True)
+    values = _run(env, kwargs)
+    recs = _phase(values, 0)
+    assert all(r["ok"] for r in recs), recs
+    assert {r["commit"] for r in recs} == {built.commit}
+    assert {r["fingerprint"] for r in recs} == {built.fingerprint}
+    download_s = recs[0]["t1"] - recs[0]["t0"]
     assert download_s > 2 * group_timeout, download_s
-    followers = values[1:]
-    assert all(not v["downloaded"] and v["waited_s"] > group_timeout for v in followers)
-    # The control: the same group really times out a collective that waits longer than its timeout.
-    assert all(v["control"] != "ok" for v in followers), [v["control"] for v in followers]
+    followers = recs[1:]
+    assert all(not r["downloaded"] and r["waited_s"] > group_timeout for r in followers), followers
+    # The control: this group really does time out a collective that waits longer than its timeout.
+    controls = [v["control"] for v in values[1:]]
+    assert all(c != "ok" for c in controls), controls
     print(
         f"\n[slow leader] download {download_s:.1f} s vs group timeout {group_timeout:g} s; followers waited "
-        f"{min(v['waited_s'] for v in followers):.1f}-{max(v['waited_s'] for v in followers):.1f} s, none timed out"
+        f"{min(r['waited_s'] for r in followers):.1f}-{max(r['waited_s'] for r in followers):.1f} s; "
+        f"control collective: {controls[0][:60]}"
+    )
+
+
+def test_leader_killed_mid_download_the_others_take_over(
+    local_hub: Any, built_repos: Any, hf_env: dict[str, Any], tmp_path: Path
+) -> None:
+    """A shared cache (lease lock, as on NFS) and two hosts: rank 0 is SIGKILLed while its download is
+    stalled mid-shard. Its host-mate sees the pid gone at once; the other host's ranks see its heartbeat
+    stop after the lease TTL. Every survivor loads the one commit; nobody hangs."""
+    ttl = 2.0
+    env = _env(hf_env, HUB_PREFETCH_LOCK="lease", HUB_PREFETCH_LEASE_TTL=f"{ttl:g}")
+    built = built_repos["sharded"]
+    shard = f"{SUB}/model-00002-of-00003.safetensors"
+    stall = local_hub.stall(f"*/{shard}", after_bytes=10_000)
+    phase = {"cache_dir": str(tmp_path / "shared" / "hub")}
+    kwargs = _ranks(tmp_path, ["node-a", "node-a", "node-b", "node-b"], [phase])
+    with _pool(env, kwargs) as pool:
+        pool.wait_ready()
+        pool.go()
+        deadline = time.monotonic() + 90
+        while not any(
+            q.filename == shard and q.bytes_sent > 0 and q.t_end is None for q in local_hub.requests()
+        ):
+            assert time.monotonic() < deadline, "the leader never reached the stalled shard"
+            time.sleep(0.05)
+        t_kill = time.time()
+        pool.kill(0)
+        local_hub.clear_fault(stall)
+        results = pool.results()
+    assert results[0].error_type == "Killed"
+    values = _ok(results[1:])
+    recs = _phase(values, 0)
+    assert all(r["ok"] for r in recs), recs
+    assert {r["commit"] for r in recs} == {built.commit}
+    assert {r["fingerprint"] for r in recs} == {built.fingerprint}
+    assert [r["rank"] for r in recs if r["downloaded"]] in ([1], [2], [3])
+    finished = max(r["t2"] for r in recs) - t_kill
+    assert finished < ttl + 30, finished
+    model_bytes = recs[0]["bytes_total"]
+    served = local_hub.bytes_served()
+    assert served < 2 * model_bytes  # the part the leader got, then one full copy
+    report = hub_prefetch.verify(SHARDED, [SUB], cache_dir=phase["cache_dir"], deep=True)
+    assert report.ok, str(report)
+    print(
+        f"\n[leader killed] survivors all loaded {finished:.1f} s after the kill (lease ttl {ttl:g} s); "
+        f"bytes served / model size = {served / model_bytes:.2f}"
+    )
+
+
+def test_errors_reach_every_rank_and_rate_limits_are_honoured(
+    local_hub: Any, built_repos: Any, hf_env: dict[str, Any], tmp_path: Path
+) -> None:
+    """Four ranks on two nodes, four phases in the same processes:
+
+    1. no such repo: RepoNotFound on every rank, after one metadata request in all;
+    2. a bad subfolder on rank 2 only: InvalidRequestError on every rank, nobody left in a collective;
+    3. the leader's download fails (403 on a shard, shared cache): the same error on every rank at once;
+    4. 429 + Retry-After on the first metadata and file requests (node-local caches): every rank loads,
+       each retry waits out Retry-After, metadata requests stay one per domain (+ the refused one).
+    """
+    env = _env(hf_env)
+    hosts = ["node-a", "node-a", "node-b", "node-b"]
+    shard = f"{SUB}/model-00002-of-00003.safetensors"
+    local_hub.fail(f"/tiny/sharded-bert/resolve/*/{shard}", method="GET", status=403, count=1)
+    local_hub.fail("/api/models/tiny/root-bert*", status=429, count=1, retry_after=1)
+    local_hub.fail("/tiny/root-bert/resolve/*", status=429, count=2, retry_after=1)
+    shared = str(tmp_path / "shared" / "hub")
+    local = [
+        {"repo_id": "tiny/root-bert", "subfolder": "", "cache_dir": str(tmp_path / h / "hub")} for h in hosts
+    ]
+    phases: list[Any] = [
+        {"repo_id": "tiny/no-such-repo", "cache_dir": shared},
+        [{"cache_dir": shared, **({"bad_subfolder": "../escape"} if r == 2 else {})} for r in range(4)],
+        {"cache_dir": shared},
+        local,
+    ]
+    values = _run(env, _ranks(tmp_path, hosts, phases))
+
+    missing = _phase(values, 0)
+    assert {r["error_type"] for r in missing} == {"RepoNotFound"}, missing
+    assert len({r["error"] for r in missing}) == 1
+    assert _metadata(_window(local_hub, missing)) == 1
+
+    bad = _phase(values, 1)
+    assert {r["error_type"] for r in bad} == {"InvalidRequestError"}, bad
+    assert len({r["error"] for r in bad}) == 1
+    assert not _window(local_hub, bad)
+
+    failed = _phase(values, 2)
+    assert {r["error_type"] for r in failed} == {"GatedRepoError"}, failed
+    assert len({r["error"] for r in failed}) == 1
+    spread = max(r["t1"] for r in failed) - failed[0]["t1"]
+    assert spread < 2.0, spread
+
+    limited = _phase(values, 3)
+    assert all(r["ok"] for r in limited), limited
+    root = built_repos["root"]
+    assert {r["commit"] for r in limited} == {root.commit}
+    assert {r["fingerprint"] for r in limited} == {root.fingerprint}
+    requests = _window(local_hub, limited)
+    refused = [q for q in requests if q.status == 429]
+    assert len(refused) == 3
+    # Each domain fetched each path once; each refusal cost one request (no storm of retries); the refused
+    # client came back only after Retry-After. (huggingface_hub 2.x re-sends a refused HEAD once at once,
+    # then waits: two refusals of one path may be one client's.)
+    for key in {(q.method, q.path) for q in refused}:
+        same = [q for q in requests if (q.method, q.path) == key]
+        refusals = [q.t_end or q.t_start for q in same if q.status == 429]
+        successes = [q.t_start for q in same if q.status != 429]
+        assert len(successes) == 2 and len(same) == 2 + len(refusals), key
+        assert max(successes) - max(refusals) >= 0.9, (key, refusals, successes)
+    assert _metadata(requests) == 2 + 1  # one per domain, plus the one refused with 429
+    files = [q.filename for q in requests if q.full_body]
+    assert sorted(files) == sorted(
+        2 * [f for f in local_hub.store.files("tiny/root-bert", root.commit) if f in set(files)]
+    )
+    print(
+        f"\n[429 + Retry-After] 4 ranks, 2 domains: metadata requests {_metadata(requests)} "
+        f"(1 refused), HEAD {sum(q.kind == 'head' for q in requests)}, "
+        f"GET {sum(q.kind == 'get' for q in requests)}; error spread after a leader failure {spread:.2f} s"
     )
