@@ -418,9 +418,7 @@ def _locked_prefetch(
         commit, listing = _fetch_listing(req, commit or req.revision)
     _record_revision(req, commit)
     fetcher = _Fetcher(req, commit, listing)
-    clean_orphan_temps(
-        s.cache_dir, req.repo_type, req.repo_id, min_age_s=0.0 if s.lock_backend != "lease" else s.lease_ttl
-    )
+    _clean_temps(req)
     selection = _select(req, listing, fetcher.read)
     fetcher.ensure(selection.files)
     expected = [listing[p] for p in selection.files]
@@ -504,7 +502,21 @@ def run(
             warm = _try_warm(req, deep=deep, any_age=False, started=started)
             if warm is not None:
                 return PrefetchResult(**{**warm.to_dict(), "waited_s": waited})
-        return _locked_prefetch(req, deep=deep, force_check=force_check, started=started, waited=waited)
+        try:
+            return _locked_prefetch(req, deep=deep, force_check=force_check, started=started, waited=waited)
+        except Exception:
+            # huggingface_hub < 1.18 keeps a failed download's `<etag>.incomplete`: on a full disk that is
+            # the very space the next attempt needs, and nobody else would remove it until then.
+            _clean_temps(req)
+            raise
+
+
+def _clean_temps(req: Request) -> None:
+    """Remove temp files of dead or failed writers (call it holding the repo lock)."""
+    s = req.settings
+    clean_orphan_temps(
+        s.cache_dir, req.repo_type, req.repo_id, min_age_s=0.0 if s.lock_backend != "lease" else s.lease_ttl
+    )
 
 
 # ---------------------------------------------------------------- public entry points
