@@ -411,7 +411,6 @@ def _offline(req: Request, *, deep: bool, started: float) -> PrefetchResult:
 def _locked_prefetch(
     req: Request, *, deep: bool, force_check: bool, started: float, waited: float
 ) -> PrefetchResult:
-    s = req.settings
     commit = _known_commit(req, any_age=False)
     listing = _read_listing(req, commit) if commit else None
     if listing is None or commit is None:
