@@ -6,6 +6,7 @@ without a network call. Broken caches are repaired file by file; real errors sur
 
 from __future__ import annotations
 
+from .distributed import prefetch_distributed
 from .errors import (
     CacheWriteError,
     CorruptRepoFileError,
@@ -55,6 +56,7 @@ __all__ = [
     "from_pretrained_with_prefetch",
     "install",
     "prefetch",
+    "prefetch_distributed",
     "prefetch_pipeline",
     "prefetch_subfolders",
     "protected_loads",
