@@ -221,7 +221,8 @@ def test_two_nodes_of_four_ranks_download_once_per_cache_domain(
     hosts = ["node-a"] * 4 + ["node-b"] * 4
     local = [{"cache_dir": str(tmp_path / "local" / h / "hub")} for h in hosts]
     shared = {"cache_dir": str(tmp_path / "shared" / "hub")}
-    values = _run(env, _ranks(tmp_path, hosts, [local, shared], baseline_cache=str(tmp_path / "alone")))
+    phases = [local, shared, shared]  # the last one finds the shared cache warm
+    values = _run(env, _ranks(tmp_path, hosts, phases, baseline_cache=str(tmp_path / "alone")))
     base = values[0]["baseline"]
     alone = base["t2"] - base["t0"]
     built = built_repos["sharded"]
@@ -249,6 +250,12 @@ def test_two_nodes_of_four_ranks_download_once_per_cache_domain(
         )
         # Waiting ranks finish at the leader's pace; one download per rank would cost 4-8 x the bytes.
         assert elapsed < 3.0 * alone + 5.0, (name, elapsed, alone)
+    warm = _phase(values, 2)
+    assert all(r["ok"] and not r["downloaded"] for r in warm), warm
+    assert {r["fingerprint"] for r in warm} == {built.fingerprint}
+    assert _window(local_hub, warm) == []  # a warm job costs the Hub nothing
+    prefetched = max(r["t1"] for r in warm) - min(r["t0"] for r in warm)
+    print(f"[2 nodes x 4 ranks, warm shared cache] 0 Hub requests; all 8 prefetched in {prefetched:.3f} s")
 
 
 def test_slow_leader_does_not_trip_a_short_collective_timeout(
@@ -401,3 +408,78 @@ def test_errors_reach_every_rank_and_rate_limits_are_honoured(
         f"(1 refused), HEAD {sum(q.kind == 'head' for q in requests)}, "
         f"GET {sum(q.kind == 'get' for q in requests)}; error spread after a leader failure {spread:.2f} s"
     )
+
+
+# ----------------------------------------------------------------------------- pure parts and fallbacks
+
+
+def _infos(*places: tuple[str, str]) -> list[Any]:
+    from hub_prefetch.distributed import RankInfo
+
+    return [RankInfo(r, host, path, f"t{r}") for r, (host, path) in enumerate(places)]
+
+
+def test_plan_domains_from_probes_or_declared() -> None:
+    from hub_prefetch.distributed import plan_domains
+
+    # Two hosts mounting one NFS cache at different paths, a third host with its own disk.
+    infos = _infos(("a", "/nfs/hub"), ("a", "/nfs/hub"), ("b", "/mnt/hub"), ("c", "/local/hub"))
+    seen = [["t0", "t1", "t2"], ["t0", "t1"], ["t2", "t1"], ["t3"]]  # visibility need not be symmetric
+    assert plan_domains(infos, seen).domains == ((0, 1, 2), (3,))
+    assert plan_domains(infos, seen, "node").domains == ((0, 1), (2,), (3,))
+    assert plan_domains(infos, seen, "shared").domains == ((0, 1, 2, 3),)
+    # No probe visible at all (a failed write): same host and same path still share a domain.
+    assert plan_domains(infos, [[], [], [], []]).domains == ((0, 1), (2,), (3,))
+    plan = plan_domains(infos, seen)
+    assert [plan.leader_of(r) for r in range(4)] == [0, 0, 0, 3]
+
+
+def test_errors_cross_processes_as_the_same_type() -> None:
+    from hub_prefetch import errors
+    from hub_prefetch.distributed import decode_error, encode_error
+
+    original = errors.LockTimeout("timed out", waited_s=1.5, holder={"host": "x"}, path=Path("/p"))
+    again = decode_error(json_roundtrip(encode_error(original)), leader_rank=3)
+    assert type(again) is errors.LockTimeout and isinstance(again, TimeoutError)
+    assert str(again) == "timed out" and again.facts["waited_s"] == 1.5 and again.facts["leader_rank"] == 3
+    assert "path" not in again.facts  # not JSON: dropped rather than pickled
+    foreign = decode_error(json_roundtrip(encode_error(KeyError("boom"))))
+    assert type(foreign) is errors.HubPrefetchError and "KeyError" in str(foreign)
+
+
+def json_roundtrip(data: Any) -> Any:
+    import json
+
+    return json.loads(json.dumps(data))
+
+
+def test_without_a_process_group_it_is_plain_prefetch(
+    local_hub: Any, hf_cache: Path, built_repos: Any
+) -> None:
+    from hub_prefetch.distributed import prefetch_distributed
+
+    result = prefetch_distributed(SHARDED, [SUB], cache_dir=hf_cache)
+    assert result.commit == built_repos["sharded"].commit and result.downloaded
+    with pytest.raises(hub_prefetch.InvalidRequestError):
+        prefetch_distributed(SHARDED, [SUB], cache_dir=hf_cache, cache_scope="galaxy")  # type: ignore[arg-type]
+
+
+def test_torch_is_optional(local_hub: Any, hf_env: dict[str, Any]) -> None:
+    """In a fresh interpreter where torch cannot be imported, the package imports and the call works."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['torch'] = None\n"
+        "import hub_prefetch\n"
+        f"r = hub_prefetch.prefetch_distributed({SHARDED!r}, [{SUB!r}])\n"
+        "assert 'torch' not in [m.split('.')[0] for m in sys.modules if sys.modules[m] is not None]\n"
+        "print(r.commit)\n"
+    )
+    env = {**os.environ, **{k: v for k, v in hf_env.items() if v is not None}}
+    for key in (k for k, v in hf_env.items() if v is None):
+        env.pop(key, None)
+    cmd = [sys.executable, "-c", code]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, check=False)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == local_hub.store.resolve(SHARDED, "main")
