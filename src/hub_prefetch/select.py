@@ -112,6 +112,9 @@ def _parse_index(path: str, raw: bytes, listing: Mapping[str, Any]) -> list[str]
         shards = sorted(set(weight_map.values()))
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         raise CorruptRepoFileError(f"{path} in the repo is not a valid index: {exc}", path=path) from exc
+    if not shards:
+        # Loading it would read no weights and initialise every parameter at random, without an error.
+        raise CorruptRepoFileError(f"{path} in the repo names no shard", path=path)
     folder = posixpath.dirname(path)
     out = []
     for shard in shards:
