@@ -159,6 +159,16 @@ def _targets(results: dict[str, Any]) -> list[list[str]]:
             check(f"cold, {n} workers: all-ready / one process alone", top["x_alone"], 1.1)
             check(f"cold, {n} workers: all-ready / floor (bytes / bandwidth)", top["x_floor"], 1.1)
             check(f"cold, {n} workers: all-ready / machine floor", top["x_machine"], 1.1)
+            floor = results.get("floor_s")
+            rows.append(
+                [
+                    stack,
+                    f"cold, {n} workers: download phase (GO to last byte) / floor (where the time goes)",
+                    "-",
+                    _fmt(top["download_s"] / floor if floor else None),
+                    "info",
+                ]
+            )
             check(f"cold, {n} workers: bytes served / needed", top["bytes_ratio"], 1.0)
             check(f"cold, {n} workers: metadata requests per cache", float(top["metadata_requests"]), 3, "")
         warm = [c for c in mine if c["cache"] == "warm"]

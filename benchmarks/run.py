@@ -300,6 +300,10 @@ def _run_stack(  # noqa: PLR0917 - one private step of run()
             results["micro"][stack] = _micro(cfg, host, hub, repo, work / f"micro-{stack}")
         else:
             results["skipped"].append({"cell": f"{stack}/micro", "reason": "time budget spent"})
+    except HostError as exc:
+        # A dead or silent host ends this stack's run, not the report of what was measured.
+        _log(f"stack {stack}: {exc}; its remaining cells are skipped")
+        results["skipped"].append({"stack": stack, "reason": f"worker host failed: {exc}"})
     finally:
         host.close()
 
