@@ -93,6 +93,7 @@ def _worker(index: int, cmd: dict[str, Any], ready_w: int, go_r: int, out: Path)
 
                 if tensor_fingerprint(model) != expected:
                     result.update(ok=False, error_type="WrongWeights", error="fingerprint mismatch")
+        result["t_fetched"] = approaches.marks.get("fetched")
         result["maxrss_kb"] = _maxrss_kb()
         _write_json(out / f"w{index}.json", result)
     except BaseException:

@@ -20,6 +20,7 @@ TABLE_COLUMNS = (
     "x floor",
     "x machine",
     "download s",
+    "files ready s",
     "bytes x needed",
     "req/worker rev/tree/head/get/other",
     "metadata req",
@@ -109,6 +110,7 @@ def _row(c: dict[str, Any]) -> list[str]:
         _fmt(c["x_floor"]),
         _fmt(c["x_machine"]),
         _fmt(c["download_s"]),
+        _fmt(c.get("files_ready_s")),
         _fmt(c["bytes_ratio"]),
         per,
         str(c["metadata_requests"]),
@@ -166,6 +168,16 @@ def _targets(results: dict[str, Any]) -> list[list[str]]:
                     f"cold, {n} workers: download phase (GO to last byte) / floor (where the time goes)",
                     "-",
                     _fmt(top["download_s"] / floor if floor else None),
+                    "info",
+                ]
+            )
+            ready = top.get("files_ready_s")
+            rows.append(
+                [
+                    stack,
+                    f"cold, {n} workers: every worker holding verified files / floor (coordination cost)",
+                    "-",
+                    _fmt(ready / floor if floor and ready else None),
                     "info",
                 ]
             )
@@ -308,7 +320,9 @@ def markdown(results: dict[str, Any]) -> str:
         "- Workers: real processes forked from one host per stack that imported torch, transformers, "
         "huggingface_hub and hub_prefetch before GO (imports are not timed, for every approach alike), "
         "released together; each loads with a real `AutoModel.from_pretrained` and checks the tensors' "
-        "fingerprint. All-ready = last worker done - GO. Download = last file byte served - GO (server log)."
+        "fingerprint. All-ready = last worker done - GO. Download = last file byte served - GO (server log). "
+        "Files ready = last worker holding its files, before its load proper - GO (reference: after its "
+        "locked snapshot_download; hub-prefetch: when the verified prefetch hands over; plain: one call, -)."
     )
     out.append(
         "- Approaches: `plain` = `AutoModel.from_pretrained(repo, subfolder=...)`; `reference` = blocking "

@@ -165,6 +165,7 @@ def _cell_metrics(raw: dict[str, Any], records: list[Any], n: int) -> dict[str, 
     served = sum(r.bytes_sent for r in gets)
     last_byte = max((r.t_end or r.t_start for r in gets), default=None)
     rss = [w["maxrss_kb"] for w in workers if w.get("maxrss_kb")]
+    fetched = [w["t_fetched"] for w in workers if w.get("t_fetched")]
     errors = sorted({f"{w.get('error_type')}: {w.get('error')}" for w in workers if not w.get("ok")})
     return {
         "n": n,
@@ -172,6 +173,8 @@ def _cell_metrics(raw: dict[str, Any], records: list[Any], n: int) -> dict[str, 
         "all_ready_s": max(ends) - t_go if ends else None,
         "median_worker_s": durations[len(durations) // 2] if durations else None,
         "download_s": (last_byte - t_go) if last_byte is not None else 0.0,
+        # Until every worker had verified files in hand (reference, hub-prefetch): coordination, not CPU.
+        "files_ready_s": (max(fetched) - t_go) if fetched and len(fetched) == len(workers) else None,
         "bytes_served": served,
         "counts": counts,
         "metadata_requests": sum(counts[k] for k in METADATA_KINDS),
