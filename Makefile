@@ -20,8 +20,12 @@ lint: $(VENV)/new/.installed
 	$(VENV)/new/bin/ruff format --check src tests benchmarks
 	$(VENV)/new/bin/mypy
 
-test-%: $(VENV)/%/.installed
-	HUB_PREFETCH_STACK=$* $(VENV)/$*/bin/python -m pytest $(PYTEST_ARGS)
+# Explicit targets: GNU make does not apply pattern rules to .PHONY targets.
+test-new: $(VENV)/new/.installed
+	HUB_PREFETCH_STACK=new $(VENV)/new/bin/python -m pytest $(PYTEST_ARGS)
+
+test-old: $(VENV)/old/.installed
+	HUB_PREFETCH_STACK=old $(VENV)/old/bin/python -m pytest $(PYTEST_ARGS)
 
 test: lint test-new test-old
 
