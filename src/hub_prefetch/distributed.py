@@ -43,7 +43,15 @@ from typing import Any, Literal
 
 from . import cache, errors
 from ._lease import HolderInfo, HostIdentity, dead_reason, process_start_time
-from .prefetch import PrefetchResult, Request, _fetch_listing, _known_commit, _record_revision, prefetch
+from .prefetch import (
+    PrefetchResult,
+    Request,
+    _fetch_listing,
+    _known_commit,
+    _record_revision,
+    _try_warm,
+    prefetch,
+)
 from .prefetch import run as run_request
 
 __all__ = ["CacheScope", "DomainPlan", "plan_domains", "prefetch_distributed"]
@@ -332,6 +340,15 @@ def _follow(run: _Run, *, stale_after: float, poll: float) -> PrefetchResult:
     """Wait for the leader's outcome file; take over if the leader is gone."""
     s = run.req.settings
     start = time.monotonic()
+    if run.commit is not None:
+        # A warm cache needs no leader: a verified stamp of the agreed commit is enough (stats only).
+        deep = s.deep_verify if run.deep is None else run.deep
+        warm = _try_warm(
+            dataclasses.replace(run.req, revision=run.commit), deep=deep, any_age=False, started=start
+        )
+        if warm is not None:
+            return dataclasses.replace(warm, revision=run.req.revision)
+    pause = min(0.005, poll)
     deadline = None if s.lock_timeout is None or s.lock_timeout < 0 else start + s.lock_timeout
     next_log = start + s.wait_log_interval
     last_raw: bytes | None = None
@@ -374,7 +391,8 @@ def _follow(run: _Run, *, stale_after: float, poll: float) -> PrefetchResult:
                 now - start,
             )
             next_log = now + s.wait_log_interval
-        time.sleep(poll)
+        time.sleep(pause)
+        pause = min(pause * 2, poll)  # quick for a warm leader, steady for a long download
     waited = time.monotonic() - start
     if outcome is not None and outcome.get("ok"):
         commit = str(outcome.get("commit"))
