@@ -55,6 +55,7 @@ logger = logging.getLogger("hub_prefetch.cache")
 REPO_TYPES = ("model", "dataset", "space")
 _COMMIT_RE = re.compile(r"^[0-9a-f]{40}$")
 _REPO_PART_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_LAYOUT_PART_RE = re.compile(r"^(?:(?:models|datasets|spaces)--.+|\.locks)$")
 #: Group may read and write, others may read; our files live in a cache a team may share.
 SHARED_FILE_MODE = 0o664
 SHARED_DIR_MODE = 0o2775
@@ -161,15 +162,30 @@ def revision_record_path(cache_dir: Path, repo_type: str, repo_id: str, revision
     return _side_dir(cache_dir, repo_type, repo_id) / "revisions" / f"{key_hash(revision)}.json"
 
 
+def _in_layout(path: Path) -> bool:
+    """Is ``path`` inside a repo folder or the lock folder of a cache (never the cache's own parents)?"""
+    return any(_LAYOUT_PART_RE.match(part) for part in path.parts)
+
+
 def ensure_dir(path: Path) -> None:
-    """Create ``path`` (group-shareable); a read-only or full cache becomes a typed error."""
+    """Create ``path`` (group-shareable); a read-only or full cache becomes a typed error.
+
+    Folders created on the way get the shared mode too when they belong to the cache layout: with
+    ``mkdir -p`` alone they would follow the umask, and a teammate could not add a stamp beside ours.
+    """
+    created = []
+    probe = path.parent
+    while not os.path.lexists(probe) and probe != probe.parent:
+        created.append(probe)
+        probe = probe.parent
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise CacheWriteError(f"cannot create {path}: {exc.strerror or exc}", path=str(path)) from exc
-    with contextlib.suppress(OSError):
-        if path.stat().st_mode & 0o7777 != SHARED_DIR_MODE and os.access(path, os.W_OK):
-            path.chmod(SHARED_DIR_MODE)
+    for folder in [*(c for c in reversed(created) if _in_layout(c)), path]:
+        with contextlib.suppress(OSError):
+            if folder.stat().st_mode & 0o7777 != SHARED_DIR_MODE and os.access(folder, os.W_OK):
+                folder.chmod(SHARED_DIR_MODE)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
