@@ -9,6 +9,7 @@ writes blobs atomically, and we verify what is on disk before we stamp it.
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import threading
@@ -455,13 +456,30 @@ def _mark_absent(req: Request, commit: str, listing: dict[str, ExpectedFile]) ->
             path = f"{sub}/{name}" if sub else name
             if path in listing:
                 continue
-            marker = folder / path
             try:
-                marker.parent.mkdir(parents=True, exist_ok=True)
-                marker.touch(exist_ok=True)
+                _touch_marker(folder / path)
             except OSError as exc:
                 logger.debug("cannot mark %s absent: %s", path, exc)
                 return
+
+
+def _touch_marker(marker: Path) -> None:
+    """Create an empty group-shareable marker; a link planted in its place is replaced, never followed."""
+    cache.ensure_dir(marker.parent)
+    flags = os.O_WRONLY | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+    try:
+        fd = os.open(marker, flags, cache.SHARED_FILE_MODE)
+    except OSError as exc:
+        if exc.errno != errno.ELOOP:
+            raise
+        marker.unlink()
+        fd = os.open(marker, flags | os.O_EXCL, cache.SHARED_FILE_MODE)
+    try:
+        with contextlib.suppress(OSError):
+            if os.fstat(fd).st_mode & 0o777 != cache.SHARED_FILE_MODE:
+                os.fchmod(fd, cache.SHARED_FILE_MODE)  # the umask may have taken group write away
+    finally:
+        os.close(fd)
 
 
 def _repair(fetcher: _Fetcher, problems: list[Problem]) -> list[str]:
