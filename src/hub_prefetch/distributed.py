@@ -232,7 +232,8 @@ class _Beacon:
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join()
+        if self._thread.ident is not None:
+            self._thread.join()
 
 
 def _leader_dead(raw: dict[str, Any], me: HostIdentity) -> str | None:
@@ -316,9 +317,9 @@ def _lead(run: _Run, beat_interval: float) -> PrefetchResult:
     _collect_garbage(run.folder.parent, _DIST_PREFIX)
     _collect_garbage(_probe_dir(run.req.settings.cache_dir), "")
     beacon = _Beacon(run.beacon_path, run.rank, run.me, beat_interval)
-    beacon.start()
     outcome: dict[str, Any] = {"version": _FORMAT, "leader": run.rank}
     try:
+        beacon.start()
         result = _download(run)
     except Exception as exc:
         outcome.update(ok=False, error=encode_error(exc))
