@@ -52,6 +52,7 @@ class StatusLine:
         self._watch: Path | None = None
         self._baseline: dict[str, int] = {}
         self._started = time.monotonic()
+        self._first_byte: float | None = None
         self._drawn = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -83,7 +84,9 @@ class StatusLine:
         now = self._scan()
         arrived = sum(size for name, size in now.items() if self._baseline.get(name) != size)
         if arrived:
-            rate = arrived / max(elapsed, 1e-3)
+            if self._first_byte is None:
+                self._first_byte = time.monotonic()
+            rate = arrived / max(time.monotonic() - self._first_byte, self.interval)
             return f"{self.label}: {human_bytes(arrived)} arrived ({human_bytes(rate)}/s), {elapsed:.0f} s"
         return f"{self.label}: {elapsed:.0f} s"
 

@@ -18,7 +18,6 @@ import argparse
 import contextlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -54,7 +53,7 @@ FAULTS = {
 }
 
 _WORKER_PRELOAD = ("transformers.models.bert.modeling_bert",)
-_PROC_LOCKS = re.compile(r"^\d+:\s+FLOCK\s+\S+\s+WRITE\s+(\d+)\s+[0-9a-f]+:[0-9a-f]+:(\d+)\s", re.MULTILINE)
+_STALL_AFTER = 64 * 1024
 
 
 @dataclass
@@ -136,52 +135,53 @@ def _plant_stale_lease(cache: Path) -> None:
 # ------------------------------------------------------------------------------------------ the killer
 
 
-def _flock_holders(cache: Path) -> list[int]:
-    """Pids holding an exclusive flock on a file under ``cache/.locks`` (from /proc/locks)."""
-    inodes: set[int] = set()
-    with contextlib.suppress(OSError):
-        for root, _dirs, files in os.walk(cache / ".locks"):
-            for name in files:
-                with contextlib.suppress(OSError):
-                    inodes.add(os.stat(os.path.join(root, name)).st_ino)
+def _writing_temp_file(pid: int) -> bool:
+    """Whether ``pid`` has a huggingface_hub download temp file (``*.incomplete``) open: a downloader."""
     try:
-        text = Path("/proc/locks").read_text()
+        fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
-        return []
-    return [int(pid) for pid, ino in _PROC_LOCKS.findall(text) if int(ino) in inodes]
+        return False
+    for fd in fds:
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}").endswith(".incomplete"):
+                return True
+    return False
 
 
 def _downloader(cache: Path, pids: list[int]) -> int | None:
-    """The worker that is downloading now: the repo lock's holder, else a per-blob flock's holder."""
+    """The worker that is downloading now: one writing a temp file, else the repo lock's holder."""
+    for index, pid in enumerate(pids):
+        if _writing_temp_file(pid):
+            return index
     with contextlib.suppress(Exception):
         for info in list_locks(cache):
             if info.holder is not None and not info.stale and info.holder.pid in pids:
                 return pids.index(info.holder.pid)
-    for pid in _flock_holders(cache):
-        if pid in pids:
-            return pids.index(pid)
     return None
 
 
-def _kill_downloader(hub: LocalHub, pool: Any, cache: Path, stop: threading.Event, killed: list[int]) -> None:
-    """Once a shard is a quarter served, SIGKILL the worker downloading it."""
-    deadline = time.monotonic() + 60
-    while not stop.is_set() and time.monotonic() < deadline:
+def _kill_downloader(
+    hub: LocalHub, pool: Any, cache: Path, *, stall_id: int, stop: threading.Event, killed: list[int]
+) -> None:
+    """When the stalled shard download is under way, SIGKILL the worker writing it, then let the Hub go on.
+
+    The stall (a server fault knob) holds the first shard body after a few bytes, so the kill always
+    lands mid-shard however slow the machine is; the other workers see a normal, if slower, Hub.
+    """
+    deadline = time.monotonic() + 90
+    try:
+        while not stop.is_set() and time.monotonic() < deadline:
+            with contextlib.suppress(Exception):
+                stalled = any(r.fault == "stall" and r.t_end is None and r.bytes_sent for r in hub.requests())
+                index = _downloader(cache, pool.pids) if stalled else None
+                if index is not None:
+                    pool.kill(index)
+                    killed.append(index)
+                    return
+            stop.wait(0.02)
+    finally:
         with contextlib.suppress(Exception):
-            for rec in hub.requests():
-                if (
-                    rec.kind == "get"
-                    and rec.t_end is None
-                    and (rec.filename or "").endswith(".safetensors")
-                    and rec.size
-                    and rec.bytes_sent >= rec.size // 4
-                ):
-                    index = _downloader(cache, pool.pids)
-                    if index is not None:
-                        pool.kill(index)
-                        killed.append(index)
-                        return
-        stop.wait(0.02)
+            hub.clear_fault(stall_id)
 
 
 # ------------------------------------------------------------------------------------------ one run
@@ -227,8 +227,12 @@ def _one_run(
         stop = threading.Event()
         killer = None
         if cold and fault == "killed-downloader":
+            stall_id = hub.stall("*.safetensors", after_bytes=_STALL_AFTER, count=1)
             killer = threading.Thread(
-                target=_kill_downloader, args=(hub, pool, cache, stop, killed), daemon=True
+                target=_kill_downloader,
+                args=(hub, pool, cache),
+                kwargs={"stall_id": stall_id, "stop": stop, "killed": killed},
+                daemon=True,
             )
             killer.start()
         t_go = pool.go()

@@ -1,0 +1,413 @@
+"""The CLI through its real entry points (``python -m hub_prefetch.cli`` and the ``hub-prefetch`` script),
+against the session's local Hub: success, failure and ``--json`` for every command, and the exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from hub_prefetch import cli
+from hub_prefetch.testing.pytest_plugin import GATED_TOKEN
+
+SCRIPT = Path(sys.executable).with_name("hub-prefetch")
+REPO = "tiny/sharded-bert"
+SUB = "text_encoder"
+FAST_RETRIES = {
+    "HUB_PREFETCH_MAX_ATTEMPTS": "2",
+    "HUB_PREFETCH_BACKOFF": "0.01",
+    "HUB_PREFETCH_BACKOFF_MAX": "0.05",
+}
+
+
+def _env(base: Mapping[str, Any], **extra: str | None) -> dict[str, str]:
+    env = dict(os.environ)
+    for key, value in {**base, **extra}.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = str(value)
+    return env
+
+
+def run_cli(
+    *args: str, env: Mapping[str, Any], script: bool = False, timeout: float = 120, **extra: str | None
+) -> subprocess.CompletedProcess[str]:
+    cmd = [str(SCRIPT)] if script else [sys.executable, "-m", "hub_prefetch.cli"]
+    return subprocess.run(
+        [*cmd, *args], env=_env(env, **extra), capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def as_json(proc: subprocess.CompletedProcess[str]) -> dict[str, Any]:
+    try:
+        data: dict[str, Any] = json.loads(proc.stdout)
+    except ValueError:
+        pytest.fail(f"not JSON (exit {proc.returncode}):\n{proc.stdout}\n--- stderr\n{proc.stderr}")
+    return data
+
+
+def needed_files(built: Any) -> set[str]:
+    return {f for f in built.files if f.startswith(f"{SUB}/")}
+
+
+@pytest.fixture
+def warm_snapshot(hf_env: dict[str, Any], built_repos: dict[str, Any]) -> Path:
+    proc = run_cli("warm", REPO, "-s", SUB, "--json", env=hf_env)
+    assert proc.returncode == 0, proc.stderr
+    return Path(as_json(proc)["snapshot_path"])
+
+
+class LockHolder:
+    """A separate process holding a repo lock until released (or killed)."""
+
+    CODE = (
+        "import sys\n"
+        "from hub_prefetch.lock import RepoLock\n"
+        "lock = RepoLock(sys.argv[1], sys.argv[2], backend=sys.argv[3])\n"
+        "lock.acquire()\n"
+        "print('held', flush=True)\n"
+        "sys.stdin.read()\n"
+        "lock.release()\n"
+    )
+
+    def __init__(self, cache: Path, repo: str, backend: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", self.CODE, str(cache), repo, backend],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.proc.stdout is not None
+        assert self.proc.stdout.readline().strip() == "held"
+
+    def release(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.close()
+        self.proc.wait(30)
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(30)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.kill()
+        for stream in (self.proc.stdin, self.proc.stdout):
+            if stream is not None:
+                stream.close()
+
+
+@pytest.fixture
+def holder(hf_cache: Path) -> Iterator[Any]:
+    holders: list[LockHolder] = []
+
+    def make(backend: str = "flock", repo: str = REPO) -> LockHolder:
+        holders.append(LockHolder(hf_cache, repo, backend))
+        return holders[-1]
+
+    yield make
+    for h in holders:
+        h.close()
+
+
+# ------------------------------------------------------------------------------------------ parsing
+
+
+def test_help_names_every_command_example_and_exit_code() -> None:
+    proc = run_cli("--help", env={}, script=True)
+    assert proc.returncode == 0
+    for command in ("warm", "verify", "repair", "locks", "demo"):
+        assert command in proc.stdout
+        sub = run_cli(command, "--help", env={})
+        assert sub.returncode == 0, sub.stderr
+        assert "examples:" in sub.stdout
+        assert "--json" in sub.stdout
+    for code in (
+        cli.EXIT_OK,
+        cli.EXIT_VERIFY_FAILED,
+        cli.EXIT_USAGE,
+        cli.EXIT_LOCK_TIMEOUT,
+        cli.EXIT_HUB_ERROR,
+    ):
+        assert f"  {code}  " in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        (),
+        ("warm",),
+        ("warm", REPO, "--bogus"),
+        ("demo", "--workers", "0"),
+        ("demo", "--fault", "meteor"),
+        ("warm", "../etc"),
+        ("warm", REPO, "-s", "../secrets"),
+        ("locks", "a/b/c"),
+    ],
+)
+def test_usage_errors_exit_2(args: tuple[str, ...], hf_env: dict[str, Any]) -> None:
+    proc = run_cli(*args, env=hf_env)
+    assert proc.returncode == cli.EXIT_USAGE, (proc.stdout, proc.stderr)
+    assert proc.stderr.strip()
+    as_json_proc = run_cli(*args, "--json", env=hf_env)
+    assert as_json_proc.returncode == cli.EXIT_USAGE
+    data = as_json(as_json_proc)
+    assert data["ok"] is False
+    assert data["exit_code"] == cli.EXIT_USAGE
+    assert data["error"]["message"]
+
+
+# ------------------------------------------------------------------------------------------ warm
+
+
+def test_warm_prints_commit_files_bytes_time_then_is_warm(
+    hf_env: dict[str, Any], built_repos: dict[str, Any], local_hub: Any
+) -> None:
+    built = built_repos["sharded"]
+    proc = run_cli("warm", REPO, "--subfolder", SUB, env=hf_env, script=True)
+    assert proc.returncode == 0, proc.stderr
+    assert built.commit in proc.stdout
+    assert f"files     {len(needed_files(built))} " in proc.stdout
+    assert "time" in proc.stdout
+    assert "%|" not in proc.stderr and "it/s" not in proc.stderr  # no per-file progress bars
+    for path in needed_files(built):
+        assert local_hub.times_served(path) == 1
+    local_hub.reset_log()
+    again = run_cli("warm", REPO, "--subfolder", SUB, env=hf_env)
+    assert again.returncode == 0
+    assert "already warm" in again.stdout
+    assert local_hub.requests() == []
+
+
+def test_warm_json(hf_env: dict[str, Any], built_repos: dict[str, Any], hf_cache: Path) -> None:
+    built = built_repos["sharded"]
+    data = as_json(run_cli("warm", REPO, "-s", SUB, "--json", env=hf_env))
+    assert data["ok"] is True
+    assert data["exit_code"] == 0
+    assert data["commit"] == built.commit
+    assert needed_files(built) <= set(data["files"])
+    assert data["bytes_total"] == data["bytes_downloaded"] > 0
+    assert data["warm"] is False
+    assert Path(data["snapshot_path"]).is_relative_to(hf_cache)
+    assert all((Path(data["snapshot_path"]) / f).is_file() for f in data["files"])
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "error"),
+    [
+        (("warm", "tiny/no-such-repo"), cli.EXIT_HUB_ERROR, "RepoNotFound"),
+        (("warm", REPO, "-r", "no-such-branch"), cli.EXIT_HUB_ERROR, "RevisionNotFound"),
+        (("warm", "tiny/gated"), cli.EXIT_HUB_ERROR, "GatedRepoError"),
+        (("warm", REPO, "-s", "no_such_subfolder"), cli.EXIT_USAGE, "UnknownSubfolderError"),
+    ],
+)
+def test_warm_failures_have_typed_errors_and_exit_codes(
+    args: tuple[str, ...], code: int, error: str, hf_env: dict[str, Any], built_repos: dict[str, Any]
+) -> None:
+    proc = run_cli(*args, env=hf_env)
+    assert proc.returncode == code, proc.stderr
+    assert error in proc.stderr
+    data = as_json(run_cli(*args, "--json", env=hf_env))
+    assert data["exit_code"] == code
+    assert data["error"]["type"] == error
+
+
+def test_warm_gated_with_token(hf_env: dict[str, Any], built_repos: dict[str, Any]) -> None:
+    data = as_json(run_cli("warm", "tiny/gated", "--token", GATED_TOKEN, "--json", env=hf_env))
+    assert data["ok"] is True
+    assert data["commit"] == built_repos["gated"].commit
+
+
+def test_warm_hub_down_exits_4(hf_env: dict[str, Any], built_repos: dict[str, Any], local_hub: Any) -> None:
+    local_hub.fail("/api/*", status=503, count=-1)
+    proc = run_cli("warm", REPO, "-s", SUB, "--json", env=hf_env, **FAST_RETRIES)
+    assert proc.returncode == cli.EXIT_HUB_ERROR
+    assert as_json(proc)["error"]["type"] == "HubUnavailableError"
+
+
+def test_warm_offline_and_cold_exits_4(hf_env: dict[str, Any], built_repos: dict[str, Any]) -> None:
+    proc = run_cli("warm", REPO, "-s", SUB, "--json", env=hf_env, HF_HUB_OFFLINE="1")
+    assert proc.returncode == cli.EXIT_HUB_ERROR
+    assert as_json(proc)["error"]["type"] == "OfflineCacheMissError"
+
+
+def test_warm_times_out_on_a_held_lock_with_exit_3(
+    hf_env: dict[str, Any], built_repos: dict[str, Any], holder: Any
+) -> None:
+    h = holder("flock")
+    proc = run_cli("warm", REPO, "-s", SUB, "--lock-timeout", "0.5", "--json", env=hf_env)
+    assert proc.returncode == cli.EXIT_LOCK_TIMEOUT, proc.stderr
+    error = as_json(proc)["error"]
+    assert error["type"] == "LockTimeout"
+    assert error["facts"]["holder"]["pid"] == h.proc.pid
+    h.release()
+    assert run_cli("warm", REPO, "-s", SUB, "--lock-timeout", "30", env=hf_env).returncode == 0
+
+
+def test_progress_line_shows_lock_wait_and_bytes(
+    hf_env: dict[str, Any], built_repos: dict[str, Any], holder: Any, local_hub: Any
+) -> None:
+    h = holder("flock")
+    local_hub.set_bandwidth(1_000_000)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hub_prefetch.cli", "warm", REPO, "-s", SUB, "--progress", "always"],
+        env=_env(hf_env),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        # The waiter's first "waiting for" record reaches the status line at once; release after it shows.
+        assert proc.stderr is not None
+        seen = b""
+        while f"held by {os.uname().nodename}:{h.proc.pid}".encode() not in seen:
+            chunk = proc.stderr.read(1)
+            assert chunk, f"no status line before exit: {seen!r}"
+            seen += chunk
+        h.release()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0, err
+    text = (seen + err).decode()
+    assert f"warm {REPO}@main: waiting for {REPO}@main: held by" in text
+    assert "arrived" in text  # bytes while downloading, on the same single line
+    assert "\r" in text and "\n" not in text.rstrip("\n")  # redrawn in place, never scrolled
+    assert "warmed" in out.decode()
+    assert "%|" not in text
+
+
+def test_no_progress_line_when_not_a_terminal(hf_env: dict[str, Any], built_repos: dict[str, Any]) -> None:
+    proc = run_cli("warm", REPO, "-s", SUB, env=hf_env)
+    assert proc.returncode == 0
+    assert "\r" not in proc.stderr
+    assert proc.stderr == ""
+
+
+# ------------------------------------------------------------------------------------------ verify / repair
+
+
+def _blob(snapshot: Path, path: str) -> Path:
+    return Path(os.path.realpath(snapshot / path))
+
+
+def break_cache(snapshot: Path, built: Any) -> dict[str, str]:
+    """One problem of each kind; returns path -> kind."""
+    shards = sorted(f for f in needed_files(built) if f.endswith(".safetensors"))
+    flipped = _blob(snapshot, shards[0])
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    flipped.chmod(0o644)
+    flipped.write_bytes(bytes(data))
+    truncated = _blob(snapshot, shards[1])
+    truncated.chmod(0o644)
+    with truncated.open("r+b") as fh:
+        fh.truncate(100)
+    _blob(snapshot, f"{SUB}/config.json").unlink()
+    (snapshot / shards[2]).unlink()
+    return {shards[0]: "hash", shards[1]: "size", f"{SUB}/config.json": "dangling", shards[2]: "missing"}
+
+
+def test_verify_ok_then_reports_each_problem_kind(
+    warm_snapshot: Path, hf_env: dict[str, Any], built_repos: dict[str, Any], local_hub: Any
+) -> None:
+    ok = run_cli("verify", REPO, "-s", SUB, "--deep", env=hf_env, script=True)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "all verified (sha256)" in ok.stdout
+    broken = break_cache(warm_snapshot, built_repos["sharded"])
+    local_hub.reset_log()
+    proc = run_cli("verify", REPO, "-s", SUB, "--deep", env=hf_env)
+    assert proc.returncode == cli.EXIT_VERIFY_FAILED
+    for path, kind in broken.items():
+        assert f"{kind:8s} {path}" in proc.stdout
+    assert f"hub-prefetch repair {REPO} -s {SUB}" in proc.stdout
+    data = as_json(run_cli("verify", REPO, "-s", SUB, "--deep", "--json", env=hf_env))
+    assert data["ok"] is False
+    assert data["exit_code"] == cli.EXIT_VERIFY_FAILED
+    assert {p["path"]: p["kind"] for p in data["problems"]} == broken
+    shallow = as_json(run_cli("verify", REPO, "-s", SUB, "--json", env=hf_env))
+    assert {p["path"] for p in shallow["problems"]} == {p for p, k in broken.items() if k != "hash"}
+    assert [r for r in local_hub.requests() if r.kind == "get"] == []  # verify downloads nothing
+
+
+def test_repair_fixes_exactly_what_verify_reports(
+    warm_snapshot: Path, hf_env: dict[str, Any], built_repos: dict[str, Any], local_hub: Any
+) -> None:
+    built = built_repos["sharded"]
+    broken = break_cache(warm_snapshot, built)
+    local_hub.reset_log()
+    data = as_json(run_cli("repair", REPO, "-s", SUB, "--json", env=hf_env, script=True))
+    assert data["ok"] is True
+    assert data["exit_code"] == 0
+    assert set(data["fixed"]) == set(broken)
+    # Bad content is fetched again, once; a missing link to an intact blob is only relinked.
+    refetched = {p for p, kind in broken.items() if kind != "missing"}
+    for path in needed_files(built):
+        assert local_hub.times_served(path) == (1 if path in refetched else 0), path
+    assert run_cli("verify", REPO, "-s", SUB, "--deep", env=hf_env).returncode == 0
+    again = run_cli("repair", REPO, "-s", SUB, env=hf_env)
+    assert again.returncode == 0
+    assert "nothing to repair" in again.stdout
+
+
+def test_repair_failure_exit_code(hf_env: dict[str, Any], built_repos: dict[str, Any]) -> None:
+    proc = run_cli("repair", "tiny/no-such-repo", "--json", env=hf_env)
+    assert proc.returncode == cli.EXIT_HUB_ERROR
+    assert as_json(proc)["error"]["type"] == "RepoNotFound"
+
+
+# ------------------------------------------------------------------------------------------ locks
+
+
+def test_locks_empty_held_free_and_stale(
+    hf_env: dict[str, Any], built_repos: dict[str, Any], holder: Any, hf_cache: Path
+) -> None:
+    empty = run_cli("locks", env=hf_env, script=True)
+    assert empty.returncode == 0
+    assert "no repo locks" in empty.stdout
+    assert as_json(run_cli("locks", "--json", env=hf_env))["locks"] == []
+
+    held = holder("flock")
+    stale = holder("lease", repo="tiny/root-bert")
+    stale.kill()  # died holding its lease: on this host, stale at once (its pid is gone)
+    proc = run_cli("locks", env=hf_env)
+    assert proc.returncode == 0
+    lines = {line.split()[0]: line for line in proc.stdout.splitlines()[1:-1]}
+    assert lines[f"{REPO}@main"].split()[1:4] == ["flock", "held", f"{os.uname().nodename}:{held.proc.pid}"]
+    assert "STALE" in lines["tiny/root-bert@main"]
+    assert "1 stale" in proc.stdout.splitlines()[-1]
+
+    rows = {r["repo_id"]: r for r in as_json(run_cli("locks", "--json", env=hf_env))["locks"]}
+    assert rows[REPO]["state"] == "held"
+    assert rows[REPO]["pid"] == held.proc.pid
+    assert rows[REPO]["since"] > 0
+    assert rows["tiny/root-bert"]["stale"] is True
+    assert rows["tiny/root-bert"]["backend"] == "lease"
+    only = as_json(run_cli("locks", "tiny/root-bert", "--json", env=hf_env))["locks"]
+    assert [r["repo_id"] for r in only] == ["tiny/root-bert"]
+
+    held.release()
+    rows = {r["repo_id"]: r for r in as_json(run_cli("locks", "--json", env=hf_env))["locks"]}
+    assert rows[REPO]["state"] == "free"
+    # The next contender takes the stale lease over by itself.
+    warm = run_cli("warm", "tiny/root-bert", "--json", env=hf_env, HUB_PREFETCH_LOCK="lease")
+    assert warm.returncode == 0, warm.stderr
+    rows = {r["repo_id"]: r for r in as_json(run_cli("locks", "--json", env=hf_env))["locks"]}
+    assert "tiny/root-bert" not in rows or rows["tiny/root-bert"]["stale"] is False
+
+
+def test_locks_failure_on_unreadable_cache(hf_env: dict[str, Any], tmp_path: Path) -> None:
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("x")
+    proc = run_cli("locks", "--cache-dir", str(not_a_dir), "--json", env=hf_env)
+    assert proc.returncode == cli.EXIT_CACHE_ERROR, proc.stdout + proc.stderr
+    assert as_json(proc)["error"]["type"] == "CacheWriteError"
