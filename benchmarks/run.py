@@ -43,6 +43,19 @@ METADATA_KINDS = ("revision", "tree", "head", "other")
 
 
 @dataclass
+class Context:
+    """What every step of one run shares."""
+
+    cfg: Config
+    hub: Any
+    repo: Any
+    work: Path
+    results: dict[str, Any]
+    t0: float
+    hosts: dict[str, Host | None] = field(default_factory=dict)
+
+
+@dataclass
 class Config:
     mode: str
     workers: list[int]
@@ -239,13 +252,13 @@ def run(cfg: Config) -> dict[str, Any]:
         hub = LocalHub.spawn(store.root)
         hub.set_bandwidth(cfg.bandwidth, shared=True)
         results["floor_s"] = repo.bytes_needed / cfg.bandwidth
-        for stack in cfg.stacks:
-            python = cfg.pythons.get(stack, "")
-            if not python or not Path(python).exists():
-                _log(f"stack {stack}: no interpreter at {python!r}; skipped")
-                results["skipped"].append({"stack": stack, "reason": f"no interpreter at {python}"})
-                continue
-            _run_stack(cfg, stack, python, hub, repo, work, results, t0)
+        ctx = Context(cfg, hub, repo, work, results, t0)
+        try:
+            _run_plan(ctx)
+        finally:
+            for host in ctx.hosts.values():
+                if host is not None:
+                    host.close()
     finally:
         if hub is not None:
             hub.stop()
@@ -255,60 +268,95 @@ def run(cfg: Config) -> dict[str, Any]:
     return results
 
 
-def _run_stack(  # noqa: PLR0917 - one private step of run()
-    cfg: Config, stack: str, python: str, hub: Any, repo: Any, work: Path, results: dict[str, Any], t0: float
-) -> None:
-    _log(f"stack {stack}: starting the worker host under {python}")
-    host_home = work / f"host-{stack}"
-    host_home.mkdir()
-    try:
-        host = Host(python, _hub_env(hub.url, host_home), stderr_path=work / f"host-{stack}.stderr")
-    except HostError as exc:
-        _log(f"stack {stack}: host failed: {exc}")
-        results["skipped"].append({"stack": stack, "reason": str(exc)})
-        return
-    results["stacks"][stack] = {"python": python, **host.info["versions"]}
-    _log(f"stack {stack}: {host.info['versions']}")
-    try:
+def _plan(cfg: Config) -> list[tuple[str, ...]]:
+    """Every step in order of value per second: the small cells of every stack (the baselines and the
+    comparison at a few workers), then the one-process micro benchmarks, then the large worker counts.
+    When the time budget runs out, what is left out is the costliest, and the report lists it."""
+    cells = []
+    for stack in cfg.stacks:
         for locks in cfg.locks:
             for n in cfg.workers_per_stack.get(stack, cfg.workers):
                 for approach in cfg.approaches:
-                    label = f"{stack}/{locks}/{approach}/n={n}"
-                    if time.monotonic() - t0 > cfg.budget_s:
-                        results["skipped"].append({"cell": label, "reason": "time budget spent"})
-                        continue
-                    # The kernel-lock 1-worker cells are the "one process alone" baselines: repeat them.
-                    reps = max(cfg.reps, cfg.reps_single) if n == 1 and locks == "kernel" else cfg.reps
-                    runs: dict[str, list[dict[str, Any]]] = {"cold": [], "warm": []}
-                    for rep in range(reps):
-                        home = work / "cells" / f"{stack}-{locks}-{approach}-{n}-{rep}"
-                        for cache, m in _cell_pair(
-                            cfg, host, hub, repo, home, n=n, approach=approach, locks=locks
-                        ):
-                            m.update(stack=stack, locks=locks, cache=cache, approach=approach, rep=rep)
-                            runs[cache].append(m)
-                            _log(
-                                f"{label} {cache}: ok {m['ok']}/{n}, all-ready {m['all_ready_s']:.2f} s, "
-                                f"download {m['download_s']:.2f} s, {m['bytes_served'] / 1e6:.1f} MB, "
-                                f"requests {m['counts']}, load {m['loadavg']:.1f}"
-                                + (f" errors {m['errors']}" if m["errors"] else "")
-                            )
-                        shutil.rmtree(home, ignore_errors=True)
-                    for cache in ("cold", "warm"):
-                        if cache in cfg.caches and runs[cache]:
-                            results["cells"].append(_median_run(runs[cache]))
-        if not cfg.micro:
-            pass
-        elif time.monotonic() - t0 <= cfg.budget_s + 60:
-            results["micro"][stack] = _micro(cfg, host, hub, repo, work / f"micro-{stack}")
-        else:
-            results["skipped"].append({"cell": f"{stack}/micro", "reason": "time budget spent"})
+                    cells.append((stack, locks, str(n), approach))
+    order = {s: i for i, s in enumerate(cfg.stacks)}
+    cells.sort(key=lambda c: (int(c[2]), order[c[0]], cfg.locks.index(c[1]), cfg.approaches.index(c[3])))
+    small = [("cell", *c) for c in cells if int(c[2]) <= 8]
+    large = [("cell", *c) for c in cells if int(c[2]) > 8]
+    micro = [("micro", stack) for stack in cfg.stacks] if cfg.micro else []
+    return small + micro + large
+
+
+def _host(ctx: Context, stack: str) -> Host | None:
+    """The worker host of ``stack``, started on first use; None if the stack cannot run here."""
+    if stack in ctx.hosts:
+        return ctx.hosts[stack]
+    ctx.hosts[stack] = None
+    python = ctx.cfg.pythons.get(stack, "")
+    if not python or not Path(python).exists():
+        _log(f"stack {stack}: no interpreter at {python!r}; skipped")
+        ctx.results["skipped"].append({"stack": stack, "reason": f"no interpreter at {python}"})
+        return None
+    _log(f"stack {stack}: starting the worker host under {python}")
+    home = ctx.work / f"host-{stack}"
+    home.mkdir()
+    try:
+        host = Host(python, _hub_env(ctx.hub.url, home), stderr_path=ctx.work / f"host-{stack}.stderr")
     except HostError as exc:
-        # A dead or silent host ends this stack's run, not the report of what was measured.
-        _log(f"stack {stack}: {exc}; its remaining cells are skipped")
-        results["skipped"].append({"stack": stack, "reason": f"worker host failed: {exc}"})
-    finally:
-        host.close()
+        _log(f"stack {stack}: host failed: {exc}")
+        ctx.results["skipped"].append({"stack": stack, "reason": str(exc)})
+        return None
+    ctx.results["stacks"][stack] = {"python": python, **host.info["versions"]}
+    _log(f"stack {stack}: {host.info['versions']}")
+    ctx.hosts[stack] = host
+    return host
+
+
+def _run_plan(ctx: Context) -> None:
+    for step in _plan(ctx.cfg):
+        kind, stack = step[0], step[1]
+        label = f"{stack}/micro" if kind == "micro" else f"{stack}/{step[2]}/{step[4]}/n={step[3]}"
+        if time.monotonic() - ctx.t0 > ctx.cfg.budget_s:
+            ctx.results["skipped"].append({"cell": label, "reason": "time budget spent"})
+            continue
+        host = _host(ctx, stack)
+        if host is None:
+            continue
+        try:
+            if kind == "micro":
+                ctx.results["micro"][stack] = _micro(
+                    ctx.cfg, host, ctx.hub, ctx.repo, ctx.work / f"micro-{stack}"
+                )
+            else:
+                _run_cell(ctx, host, stack=stack, locks=step[2], n=int(step[3]), approach=step[4])
+        except HostError as exc:
+            # A dead or silent host ends this stack's run, not the report of what was measured.
+            _log(f"stack {stack}: {exc}; its remaining cells are skipped")
+            ctx.results["skipped"].append({"stack": stack, "reason": f"worker host failed: {exc}"})
+            host.close()
+            ctx.hosts[stack] = None
+
+
+def _run_cell(ctx: Context, host: Host, *, stack: str, locks: str, n: int, approach: str) -> None:
+    cfg = ctx.cfg
+    label = f"{stack}/{locks}/{approach}/n={n}"
+    # The kernel-lock 1-worker cells are the "one process alone" baselines: repeat them.
+    reps = max(cfg.reps, cfg.reps_single) if n == 1 and locks == "kernel" else cfg.reps
+    runs: dict[str, list[dict[str, Any]]] = {"cold": [], "warm": []}
+    for rep in range(reps):
+        home = ctx.work / "cells" / f"{stack}-{locks}-{approach}-{n}-{rep}"
+        for cache, m in _cell_pair(cfg, host, ctx.hub, ctx.repo, home, n=n, approach=approach, locks=locks):
+            m.update(stack=stack, locks=locks, cache=cache, approach=approach, rep=rep)
+            runs[cache].append(m)
+            _log(
+                f"{label} {cache}: ok {m['ok']}/{n}, all-ready {m['all_ready_s']:.2f} s, "
+                f"download {m['download_s']:.2f} s, {m['bytes_served'] / 1e6:.1f} MB, "
+                f"requests {m['counts']}, load {m['loadavg']:.1f}"
+                + (f" errors {m['errors']}" if m["errors"] else "")
+            )
+        shutil.rmtree(home, ignore_errors=True)
+    for cache in ("cold", "warm"):
+        if cache in cfg.caches and runs[cache]:
+            ctx.results["cells"].append(_median_run(runs[cache]))
 
 
 def _cell_pair(
