@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import faulthandler
 import fcntl
 import importlib
 import os
@@ -116,8 +117,23 @@ def _umask(mask: int | None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _faults(flock: str, env: Mapping[str, str | None] | None, umask: int | None) -> Iterator[None]:
-    with call_env(env), faulty_flock(flock), _umask(umask):
+def _dump_if_stuck(seconds: float | None) -> Iterator[None]:
+    """Print every thread's stack to stderr if the block outlives ``seconds`` (a hang explains itself)."""
+    if seconds is None:
+        yield
+        return
+    faulthandler.dump_traceback_later(seconds, repeat=False)
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+
+
+@contextlib.contextmanager
+def _faults(
+    flock: str, env: Mapping[str, str | None] | None, umask: int | None, dump_after: float | None = None
+) -> Iterator[None]:
+    with _dump_if_stuck(dump_after), call_env(env), faulty_flock(flock), _umask(umask):
         yield
 
 
@@ -128,12 +144,14 @@ def load_under_faults(
     flock: str = "ok",
     env: Mapping[str, str | None] | None = None,
     umask: int | None = None,
+    dump_after: float | None = 90.0,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """:func:`~hub_prefetch.testing.protected_targets.protected_from_pretrained` inside the given faults;
-    the loader's result plus the process id."""
+    the loader's result plus the process id. A call still running after ``dump_after`` seconds prints
+    its threads' stacks to stderr (kept in the worker's result)."""
     protected = importlib.import_module("hub_prefetch.testing.protected_targets")
-    with _faults(flock, env, umask):
+    with _faults(flock, env, umask, dump_after):
         value: dict[str, Any] = protected.protected_from_pretrained(repo_id, subfolder, **kwargs)
     value["pid"] = os.getpid()
     return value
@@ -146,10 +164,11 @@ def prefetch_under_faults(
     flock: str = "ok",
     env: Mapping[str, str | None] | None = None,
     umask: int | None = None,
+    dump_after: float | None = 90.0,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """:func:`hub_prefetch.prefetch` inside the given faults; the result as a dict."""
-    with _faults(flock, env, umask):
+    with _faults(flock, env, umask, dump_after):
         result = prefetch(repo_id, subfolders, **kwargs).to_dict()
     result["pid"] = os.getpid()
     return result
