@@ -2,14 +2,16 @@
 
 Exit codes (also in ``hub-prefetch --help``):
 
-==  =====================================================================================
-0   ok
-1   verification failed: files missing, truncated, corrupt or dangling (or still so after repair)
-2   usage error: bad arguments, bad repo id / revision / subfolder, unknown subfolder
-3   lock timeout: another process held the repo lock longer than ``--lock-timeout``
-4   hub error: no such repo / revision / file, no access, Hub unreachable, offline and not cached
-5   cache error: the cache cannot be written (read-only, full disk, permissions)
-==  =====================================================================================
+==== =====================================================================================
+0    ok
+1    verification failed: files missing, truncated, corrupt or dangling (or still so after repair)
+2    usage error: bad arguments, bad repo id / revision / subfolder, unknown subfolder
+3    lock timeout: another process held the repo lock longer than ``--lock-timeout``
+4    hub error: no such repo / revision / file, no access, Hub unreachable, offline and not cached
+5    cache error: the cache cannot be written (read-only, full disk, permissions)
+70   internal error: a bug in hub-prefetch (the traceback is printed)
+130  interrupted
+==== =====================================================================================
 
 Logging is configured here and only here: the library only logs.
 """
@@ -64,6 +66,8 @@ exit codes:
   3  lock timeout (another process held the repo lock past --lock-timeout)
   4  hub error (no such repo/revision/file, no access, Hub unreachable, offline and not cached)
   5  cache error (the cache cannot be written)
+  70 internal error (a bug: the traceback is printed; please report it)
+  130 interrupted
 """
 
 MAIN_EPILOG = f"""\
@@ -255,6 +259,13 @@ def build_parser() -> argparse.ArgumentParser:
         default=2.0,
         metavar="MB_PER_S",
         help="the local Hub's shared link speed in MB/s (default 2)",
+    )
+    p.add_argument(
+        "--rounds",
+        type=_positive_int,
+        default=3,
+        metavar="R",
+        help="cold runs per side, each on a fresh cache (default 3: races are probabilistic)",
     )
     p.add_argument("--keep", action="store_true", help="keep the demo's folder (store, caches) and print it")
     p.set_defaults(func=_cmd_demo)

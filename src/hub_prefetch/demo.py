@@ -19,6 +19,7 @@ import contextlib
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -46,7 +47,7 @@ STALE_LEASE_TTL = 4.0
 FAULTS = {
     "none": "no fault: N cold loaders at once",
     "killed-downloader": "the process downloading is SIGKILLed mid-shard (it counts as killed, not failed)",
-    "http-503": "the Hub answers 503 to the first {n} file requests of each cold run",
+    "http-503": "the Hub answers 503 to every file request for the first 3 s of each cold run",
     "noop-flock": "flock() succeeds but excludes no one (as on Lustre, GPFS, NFS with local_lock, FUSE)",
     "stale-lease": "a holder on another host (node-17) died holding the repo lease "
     f"(ttl {STALE_LEASE_TTL:g} s); plain loaders have no such lock",
@@ -54,19 +55,21 @@ FAULTS = {
 
 _WORKER_PRELOAD = ("transformers.models.bert.modeling_bert",)
 _STALL_AFTER = 64 * 1024
+_OUTAGE_S = 3.0
 
 
 @dataclass
 class RunStats:
-    """One column of the table."""
+    """One column of the table: one or more runs (``rounds``) of ``workers`` workers each."""
 
     name: str
     workers: int
+    rounds: int = 0
     ok: int = 0
     failed: int = 0
     wrong_weights: int = 0
     killed: int = 0
-    all_loaded_s: float | None = None
+    round_times_s: list[float | None] = field(default_factory=list)
     last_done_s: float = 0.0
     bytes_served: int = 0
     bytes_needed: int = 0
@@ -75,6 +78,14 @@ class RunStats:
     temp_files: int = 0
     lock_backend: str | None = None
     errors: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def all_loaded_s(self) -> float | None:
+        """Median over rounds of the time until every worker had loaded; None if a round never got there."""
+        times = self.round_times_s
+        if not times or any(t is None for t in times):
+            return None
+        return float(statistics.median(t for t in times if t is not None))
 
 
 # ------------------------------------------------------------------------------------------ setup
@@ -184,90 +195,104 @@ def _kill_downloader(
             hub.clear_fault(stall_id)
 
 
-# ------------------------------------------------------------------------------------------ one run
+# ------------------------------------------------------------------------------------------ one round
 
 
-def _one_run(
-    name: str,
+@dataclass
+class _Lane:
+    """Workers of one kind (plain or protected) forked from one zygote, round after round."""
+
+    target: str
+    pool: Any
+    home: Path
+
+    def cache(self, index: int) -> Path:
+        path = self.home / f"cache-{index}"
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def kwargs(self, cache: Path) -> dict[str, str]:
+        return {"repo_id": REPO_ID, "subfolder": SUBFOLDER, "cache_dir": str(cache)}
+
+
+def _run_round(
+    lane: _Lane,
+    stats: RunStats,
     *,
-    target: str,
     hub: LocalHub,
-    home: Path,
-    env_extra: dict[str, str],
-    n: int,
+    cache: Path,
     fault: str,
     cold: bool,
     fingerprint: str,
-    needed: int,
-    status: StatusLine,
-) -> RunStats:
-    from .testing.forkpool import ForkedWorkers  # noqa: PLC0415 - optional testing extras
-
-    cache = home / "hub"
-    cache.mkdir(parents=True, exist_ok=True)
-    if cold and fault == "stale-lease" and "protected" in target:
+    first: bool,
+) -> None:
+    """One round: (re)fork the lane's workers on ``cache``, inject the fault, release them, tally."""
+    pool = lane.pool
+    if cold and fault == "stale-lease" and lane.target == "protected":
         _plant_stale_lease(cache)
-    env = _worker_env(hub, home, env_extra)
-    kwargs = {"repo_id": REPO_ID, "subfolder": SUBFOLDER}
-    status.waiting(f"{name}: starting {n} workers")
-    stats = RunStats(name=name, workers=n, bytes_needed=needed)
+    if not first:
+        pool.next_round(lane.kwargs(cache))
+    hub.reset_log()
+    outage = None
+    if cold and fault == "http-503":
+        # An overloaded Hub for a while, the same for both sides (a fixed count of 503s would land on
+        # N plain workers once each, but all on hub-prefetch's single downloader).
+        outage_id = hub.fail("*/resolve/*", status=503, count=-1)
+        outage = threading.Timer(_OUTAGE_S, lambda: hub.clear_fault(outage_id))
+    stop = threading.Event()
+    killer = None
     killed: list[int] = []
-    with ForkedWorkers(
-        f"hub_prefetch.testing.demo_targets:{target}",
-        kwargs,
-        n=n,
-        env=env,
-        timeout=150,
-        preload=_WORKER_PRELOAD,
-    ) as pool:
-        hub.reset_log()
-        if cold and fault == "http-503":
-            hub.fail("*/resolve/*", status=503, count=n)
-        status.waiting(f"{name}: {n} workers loading")
-        stop = threading.Event()
-        killer = None
-        if cold and fault == "killed-downloader":
-            stall_id = hub.stall("*.safetensors", after_bytes=_STALL_AFTER, count=1)
-            killer = threading.Thread(
-                target=_kill_downloader,
-                args=(hub, pool, cache),
-                kwargs={"stall_id": stall_id, "stop": stop, "killed": killed},
-                daemon=True,
-            )
-            killer.start()
-        t_go = pool.go()
-        results = pool.results()
-        stop.set()
-        if killer is not None:
-            killer.join(5)
-        hub.clear_faults()
+    if cold and fault == "killed-downloader":
+        stall_id = hub.stall("*.safetensors", after_bytes=_STALL_AFTER, count=1)
+        killer = threading.Thread(
+            target=_kill_downloader,
+            args=(hub, pool, cache),
+            kwargs={"stall_id": stall_id, "stop": stop, "killed": killed},
+            daemon=True,
+        )
+        killer.start()
+    t_go = pool.go()
+    if outage is not None:
+        outage.start()
+    results = pool.results()
+    if outage is not None:
+        outage.cancel()
+    stop.set()
+    if killer is not None:
+        killer.join(5)
+    hub.clear_faults()
     records = hub.requests()
-    errors: Counter[str] = Counter()
+
+    stats.rounds += 1
+    errors: Counter[str] = Counter(stats.errors)
+    failed_before = stats.failed + stats.wrong_weights
     for r in results:
         if r.error_type == "Killed" or r.index in killed:
             stats.killed += 1
         elif not r.ok:
             stats.failed += 1
-            first = (r.error or "").strip().splitlines()[0] if r.error else ""
-            errors[f"{r.error_type}: {first[:160]}"] += 1
+            first_line = (r.error or "").strip().splitlines()[0] if r.error else ""
+            errors[f"{r.error_type}: {first_line[:160]}"] += 1
         elif (r.value or {}).get("fingerprint") != fingerprint:
             stats.wrong_weights += 1
             errors["loaded weights that differ from the repo's"] += 1
         else:
             stats.ok += 1
     ends = [r.t_end - t_go for r in results if r.error_type != "Killed"]
-    stats.last_done_s = max(ends, default=0.0)
-    stats.all_loaded_s = stats.last_done_s if not stats.failed and not stats.wrong_weights else None
-    stats.bytes_served = sum(r.bytes_sent for r in records if r.kind == "get")
-    stats.hub_requests = len(records)
-    stats.requests_by_kind = dict(Counter(r.kind for r in records))
-    stats.temp_files = sum(1 for p in cache.rglob("*.incomplete"))
-    locks = cache / ".locks" / "hub_prefetch"
-    if locks.is_dir():
-        kinds = {p.suffix for p in locks.iterdir()}
-        stats.lock_backend = "lease" if ".lease" in kinds and ".lock" not in kinds else "flock"
+    last = max(ends, default=0.0)
+    stats.last_done_s = max(stats.last_done_s, last)
+    stats.round_times_s.append(last if stats.failed + stats.wrong_weights == failed_before else None)
+    stats.bytes_served += sum(r.bytes_sent for r in records if r.kind == "get")
+    stats.hub_requests += len(records)
+    by_kind = Counter(stats.requests_by_kind)
+    by_kind.update(r.kind for r in records)
+    stats.requests_by_kind = dict(by_kind)
+    stats.temp_files += sum(1 for _ in cache.rglob("*.incomplete"))
+    backends = {str((r.value or {}).get("lock_backend")) for r in results if r.ok and r.value}
+    if stats.lock_backend:
+        backends.add(stats.lock_backend)
+    stats.lock_backend = ", ".join(sorted(backends - {"None"})) or None
     stats.errors = dict(errors)
-    return stats
 
 
 # ------------------------------------------------------------------------------------------ the table
@@ -275,13 +300,17 @@ def _one_run(
 
 def _cell(stats: RunStats, row: str) -> str:
     if row == "failed":
-        alive = stats.workers - stats.killed
+        alive = stats.workers * stats.rounds - stats.killed
         text = f"{stats.failed + stats.wrong_weights} of {alive}"
         return text + (f" (+{stats.killed} killed)" if stats.killed else "")
     if row == "time":
-        if stats.all_loaded_s is None:
-            return f"never (last ended {human_seconds(stats.last_done_s)})"
-        return human_seconds(stats.all_loaded_s)
+        done = [t for t in stats.round_times_s if t is not None]
+        never = len(stats.round_times_s) - len(done)
+        if not never:
+            return human_seconds(float(statistics.median(done)))
+        if not done:
+            return f"never (last worker ended at {human_seconds(stats.last_done_s)})"
+        return f"{human_seconds(float(statistics.median(done)))}; never in {never} of {stats.rounds} runs"
     if row == "bytes":
         ratio = stats.bytes_served / stats.bytes_needed if stats.bytes_needed else 0.0
         return f"{human_bytes(stats.bytes_served)} / {human_bytes(stats.bytes_needed)} ({ratio:.1f}x)"
@@ -315,6 +344,74 @@ def render_table(runs: list[RunStats]) -> str:
 # ------------------------------------------------------------------------------------------ entry
 
 
+def _run_lanes(
+    args: argparse.Namespace, *, hub: LocalHub, root: Path, fingerprint: str, needed: int, status: StatusLine
+) -> list[RunStats]:
+    from .testing.forkpool import ForkedWorkers  # noqa: PLC0415 - optional testing extras
+
+    n, fault, rounds = args.workers, args.fault, args.rounds
+    noop = {"HUB_PREFETCH_TESTING_NOOP_FLOCK": "1"} if fault == "noop-flock" else {}
+    lease = {"HUB_PREFETCH_LOCK": "lease"} if fault == "stale-lease" else {}
+    lanes: dict[str, _Lane] = {}
+    with contextlib.ExitStack() as stack:
+        # Both zygotes import torch + transformers at once, before anything is timed.
+        status.waiting(f"starting {n} plain and {n} protected workers")
+        for target, extra in (("plain", noop), ("protected", {**noop, **lease})):
+            home = root / target
+            lane = _Lane(target, None, home)
+            env = _worker_env(hub, home, extra)
+            lane.pool = ForkedWorkers(
+                f"hub_prefetch.testing.demo_targets:{target}",
+                lane.kwargs(lane.cache(0)),
+                n=n,
+                env=env,
+                timeout=150,
+                preload=_WORKER_PRELOAD,
+            )
+            stack.callback(lane.pool.close)
+            lane.pool.start_async()
+            lanes[target] = lane
+        for lane in lanes.values():
+            lane.pool.wait_started()
+        cold = {
+            t: RunStats(name=f"{'plain' if t == 'plain' else 'hub-prefetch'} (cold)", workers=n)
+            for t in lanes
+        }
+        warm = {
+            t: RunStats(name=f"{'plain' if t == 'plain' else 'hub-prefetch'} (warm)", workers=n)
+            for t in lanes
+        }
+        for index in range(rounds):
+            for target, lane in lanes.items():
+                status.waiting(f"{cold[target].name}: run {index + 1} of {rounds}, {n} workers loading")
+                _run_round(
+                    lane,
+                    cold[target],
+                    hub=hub,
+                    cache=lane.cache(index),
+                    fault=fault,
+                    cold=True,
+                    fingerprint=fingerprint,
+                    first=index == 0,
+                )
+        for target, lane in lanes.items():
+            status.waiting(f"{warm[target].name}: {n} workers loading")
+            _run_round(
+                lane,
+                warm[target],
+                hub=hub,
+                cache=lane.cache(rounds - 1),
+                fault="none",
+                cold=False,
+                fingerprint=fingerprint,
+                first=False,
+            )
+    runs = [cold["plain"], cold["protected"], warm["plain"], warm["protected"]]
+    for r in runs:
+        r.bytes_needed = needed * r.rounds
+    return runs
+
+
 def run_demo(args: argparse.Namespace, *, out: TextIO, err: TextIO, status: StatusLine) -> int:
     """The ``demo`` command; returns 0 when every hub-prefetch worker loaded the right weights."""
     try:
@@ -325,10 +422,9 @@ def run_demo(args: argparse.Namespace, *, out: TextIO, err: TextIO, status: Stat
             "pip install 'hub-prefetch[testing,transformers,torch]'\n"
         )
         return 2
-    n, fault = args.workers, args.fault
+    n, fault, rounds = args.workers, args.fault, args.rounds
     root = Path(tempfile.mkdtemp(prefix="hub-prefetch-demo-"))
     started = time.monotonic()
-    runs: list[RunStats] = []
     try:
         with status:
             status.waiting("building the tiny sharded model")
@@ -338,40 +434,9 @@ def run_demo(args: argparse.Namespace, *, out: TextIO, err: TextIO, status: Stat
             hub = LocalHub.spawn(store.root)
             try:
                 hub.set_bandwidth(args.bandwidth * 1e6)
-                noop = {"HUB_PREFETCH_TESTING_NOOP_FLOCK": "1"} if fault == "noop-flock" else {}
-                lease = {"HUB_PREFETCH_LOCK": "lease"} if fault == "stale-lease" else {}
-                common = {
-                    "n": n,
-                    "hub": hub,
-                    "fingerprint": built.fingerprint,
-                    "needed": needed,
-                    "status": status,
-                }
-                plan = [
-                    ("plain (cold)", "plain", root / "plain", noop, fault, True),
-                    ("hub-prefetch (cold)", "protected", root / "protected", {**noop, **lease}, fault, True),
-                    ("plain (warm)", "plain", root / "plain", noop, "none", False),
-                    (
-                        "hub-prefetch (warm)",
-                        "protected",
-                        root / "protected",
-                        {**noop, **lease},
-                        "none",
-                        False,
-                    ),
-                ]
-                for name, target, home, extra, run_fault, cold in plan:
-                    runs.append(
-                        _one_run(
-                            name,
-                            target=target,
-                            home=home,
-                            env_extra=extra,
-                            fault=run_fault,
-                            cold=cold,
-                            **common,
-                        )
-                    )
+                runs = _run_lanes(
+                    args, hub=hub, root=root, fingerprint=built.fingerprint, needed=needed, status=status
+                )
             finally:
                 hub.stop()
     finally:
@@ -381,19 +446,21 @@ def run_demo(args: argparse.Namespace, *, out: TextIO, err: TextIO, status: Stat
     ok = all(r.failed == 0 and r.wrong_weights == 0 for r in protected)
     code = 0 if ok else 1
     total = time.monotonic() - started
+    description = FAULTS[fault].format(n=n)
     if args.json:
         data = {
             "ok": ok,
             "exit_code": code,
             "command": "demo",
             "workers": n,
+            "rounds": rounds,
             "fault": fault,
-            "fault_description": FAULTS[fault].format(n=n),
+            "fault_description": description,
             "bandwidth_mb_s": args.bandwidth,
             "repo_id": REPO_ID,
             "subfolder": SUBFOLDER,
             "bytes_needed": needed,
-            "runs": [asdict(r) for r in runs],
+            "runs": [{**asdict(r), "all_loaded_s": r.all_loaded_s} for r in runs],
             "elapsed_s": total,
             "folder": str(root) if args.keep else None,
         }
@@ -405,16 +472,17 @@ def run_demo(args: argparse.Namespace, *, out: TextIO, err: TextIO, status: Stat
             f"hub-prefetch demo: {n} worker processes load {REPO_ID} ({SUBFOLDER}, {SHARDS} shards, "
             f"{human_bytes(needed)}) with AutoModel.from_pretrained"
         ),
-        f"local Hub at {args.bandwidth:g} MB/s (no network); fault: {fault} - {FAULTS[fault].format(n=n)}",
-        "",
-        render_table(runs),
-        "",
+        f"local Hub at {args.bandwidth:g} MB/s (no network); fault: {fault} - {description}",
     ]
+    if rounds > 1:
+        lines.append(f"cold columns: {rounds} runs on fresh caches, summed (time: the median run)")
+    lines += ["", render_table(runs), ""]
     for r in runs:
         for message, count in sorted(r.errors.items(), key=lambda kv: -kv[1]):
             lines.append(f"{r.name}: {count} x {message}")
-        if r.lock_backend and r.name.endswith("(cold)"):
-            lines.append(f"{r.name}: repo lock backend {r.lock_backend}")
+    lock = protected[0].lock_backend if protected else None
+    if lock:
+        lines.append(f"hub-prefetch: repo lock backend {lock}")
     lines.append(f"done in {human_seconds(total)}" + (f"; files kept in {root}" if args.keep else ""))
     out.write("\n".join(lines) + "\n")
     out.flush()

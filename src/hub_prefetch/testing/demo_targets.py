@@ -45,6 +45,17 @@ def plain(repo_id: str, subfolder: str = "", **kwargs: Any) -> dict[str, Any]:
 
 
 def protected(repo_id: str, subfolder: str = "", **kwargs: Any) -> dict[str, Any]:
-    """The same load through :func:`hub_prefetch.from_pretrained_with_prefetch`."""
+    """The same load through :func:`hub_prefetch.from_pretrained_with_prefetch`; also reports the lock
+    backend this process chose (``auto`` probes the folder, with this process's ``flock``)."""
+    from hub_prefetch.lock import RepoLock  # noqa: PLC0415 - after the patch, with the worker's env
+    from hub_prefetch.settings import Settings  # noqa: PLC0415
+
     value = protected_targets.protected_from_pretrained(repo_id, subfolder=subfolder, **kwargs)
-    return {"fingerprint": value["fingerprint"], "commit": value["commit"], "noop_flock": noop_flock_active()}
+    cache = kwargs.get("cache_dir") or Settings.from_env().cache_dir
+    backend = RepoLock(cache, repo_id).backend
+    return {
+        "fingerprint": value["fingerprint"],
+        "commit": value["commit"],
+        "noop_flock": noop_flock_active(),
+        "lock_backend": backend,
+    }

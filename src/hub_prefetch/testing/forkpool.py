@@ -14,6 +14,9 @@ Protocol (one JSON object per line on the zygote's stdin/stdout)::
     zygote -> parent  {"event": "ready", "pids": [...]}          every worker forked and waiting
     parent -> zygote  GO                                         the zygote releases all workers at once
     zygote -> parent  {"event": "done", "results": [...]}        after every worker exited or was killed
+    parent -> zygote  {"kwargs": [{...}, ...]}                   another round: fresh workers, same imports
+    ...
+    parent -> zygote  (end of input)                             the zygote exits
 
 The zygote must not start threads before it forks (none of the libraries it imports does).
 """
@@ -79,12 +82,19 @@ class ForkedWorkers:
         self._lines: list[dict[str, Any]] = []
         self._got_line = threading.Condition()
         self._killed: set[int] = set()
+        self._cursor = 0
         self.pids: list[int] = []
         self.t_go: float | None = None
 
     def start(self, timeout: float | None = None) -> ForkedWorkers:
         """Start the zygote and wait until every worker is forked and waiting for :meth:`go`."""
-        self._stderr = tempfile.TemporaryFile(prefix="hub-prefetch-forkpool-")  # noqa: SIM115 - closed in __exit__
+        self.start_async()
+        self.wait_started(timeout)
+        return self
+
+    def start_async(self) -> None:
+        """Start the zygote (it imports and forks in the background); then :meth:`wait_started`."""
+        self._stderr = tempfile.TemporaryFile(prefix="hub-prefetch-forkpool-")  # noqa: SIM115 - closed in close()
         self._proc = subprocess.Popen(
             [self._python, "-m", "hub_prefetch.testing.forkpool"],
             stdin=subprocess.PIPE,
@@ -97,13 +107,36 @@ class ForkedWorkers:
         )
         threading.Thread(target=self._read, name="forkpool-stdout", daemon=True).start()
         self._send(json.dumps(self._job))
+
+    def wait_started(self, timeout: float | None = None) -> None:
+        """Block until the workers of :meth:`start_async` are forked and waiting for :meth:`go`."""
         ready = self._wait_event("ready", self.timeout if timeout is None else timeout)
         if ready is None:
             tail = self.stderr_tail()
             self.close()
             raise WorkerError(f"forked workers not ready in time; zygote stderr tail:\n{tail}")
         self.pids = [int(p) for p in ready["pids"]]
-        return self
+
+    def next_round(
+        self, kwargs: Mapping[str, Any] | Sequence[Mapping[str, Any]], timeout: float | None = None
+    ) -> None:
+        """Fork a fresh set of ``n`` workers (after :meth:`results`) from the same zygote."""
+        per_worker = (
+            [dict(kwargs) for _ in range(self.n)]
+            if isinstance(kwargs, Mapping)
+            else [dict(k) for k in kwargs]
+        )
+        if len(per_worker) != self.n:
+            raise ValueError(f"{len(per_worker)} kwargs mappings for {self.n} workers")
+        self._killed = set()
+        self.t_go = None
+        self._send(json.dumps({"kwargs": per_worker}))
+        ready = self._wait_event("ready", self.timeout if timeout is None else timeout)
+        if ready is None:
+            tail = self.stderr_tail()
+            self.close()
+            raise WorkerError(f"forked workers not ready in time; zygote stderr tail:\n{tail}")
+        self.pids = [int(p) for p in ready["pids"]]
 
     def go(self) -> float:
         """Release every worker now; return the wall time of the release."""
@@ -121,8 +154,8 @@ class ForkedWorkers:
         """Wait (bounded: the zygote kills stragglers at its own deadline) for one result per worker."""
         wait = (self.timeout if timeout is None else timeout) + 30
         done = self._wait_event("done", wait)
-        self.close()
         if done is None:
+            self.close()
             raise WorkerError(f"forked workers gave no results in {wait:g} s:\n{self.stderr_tail()}")
         out = []
         for raw in done["results"]:
@@ -139,8 +172,13 @@ class ForkedWorkers:
         return self._stderr.read()[-_MAX_TEXT:].decode("utf-8", "replace")
 
     def close(self) -> None:
-        """Kill whatever still runs (zygote and workers); idempotent."""
+        """Let the zygote exit, kill whatever still runs (zygote and workers); idempotent."""
         proc = self._proc
+        if proc is not None and proc.stdin is not None:
+            with contextlib.suppress(OSError, ValueError):
+                proc.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=5)
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(proc.pid, signal.SIGKILL)  # the workers share the zygote's session
@@ -185,11 +223,13 @@ class ForkedWorkers:
         deadline = time.monotonic() + timeout
         with self._got_line:
             while True:
-                for message in self._lines:
-                    if message.get("event") == event:
-                        return message
+                while self._cursor < len(self._lines):
+                    message = self._lines[self._cursor]
                     if message.get("event") == "eof":
                         return None
+                    self._cursor += 1
+                    if message.get("event") == event:
+                        return message
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return None
@@ -243,10 +283,27 @@ def _zygote() -> int:
         importlib.import_module(name)
     module_name, _, func_name = job["target"].partition(":")
     func = getattr(importlib.import_module(module_name), func_name)
+    kwargs_list: list[dict[str, Any]] = job["kwargs"]
+    timeout = float(job.get("timeout", 120))
+    while True:
+        results = _round(func, kwargs_list, timeout, emit)
+        if results is None:
+            return 2
+        emit({"event": "done", "results": results})
+        line = sys.stdin.readline()
+        if not line.strip():
+            return 0
+        kwargs_list = json.loads(line)["kwargs"]
+
+
+def _round(
+    func: Any, kwargs_list: list[dict[str, Any]], timeout: float, emit: Any
+) -> list[dict[str, Any]] | None:
+    """Fork one worker per kwargs, release them on GO, reap them; None if the parent went away."""
     go_r, go_w = os.pipe()
     outdir = Path(tempfile.mkdtemp(prefix="hub-prefetch-forkpool-"))
     pids = []
-    for index, kwargs in enumerate(job["kwargs"]):
+    for index, kwargs in enumerate(kwargs_list):
         pid = os.fork()
         if pid == 0:  # pragma: no cover - runs in the child
             os.close(go_w)
@@ -258,10 +315,11 @@ def _zygote() -> int:
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-        return 2
+        return None
     t_go = time.time()
     os.write(go_w, b"g" * len(pids))  # one byte per worker, all in one write: one release
-    deadline = time.monotonic() + float(job.get("timeout", 120))
+    os.close(go_w)
+    deadline = time.monotonic() + timeout
     status: dict[int, int] = {}
     t_exit: dict[int, float] = {}
     timed_out: set[int] = set()
@@ -303,8 +361,7 @@ def _zygote() -> int:
             path.unlink()
     with contextlib.suppress(OSError):
         outdir.rmdir()
-    emit({"event": "done", "results": results})
-    return 0
+    return results
 
 
 if __name__ == "__main__":
