@@ -383,11 +383,22 @@ def _cell_pair(
         load = os.getloadavg()[0]
         hub.reset_log()
         raw = host.call(cmd, timeout=cfg.cell_timeout)
-        records = hub.requests()
+        records = _settled_log(hub)
         m = _cell_metrics(raw, records, n)
         m["loadavg"] = load
         out.append((cache, m))
     return out
+
+
+def _settled_log(hub: Any, wait_s: float = 10.0) -> list[Any]:
+    """The request log once every response has ended: a body cut short by a worker that died is
+    counted by the server only when it notices, a moment after the worker is gone."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        records = hub.requests()
+        if all(r.t_end is not None for r in records) or time.monotonic() > deadline:
+            return records
+        time.sleep(0.05)
 
 
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
