@@ -513,7 +513,12 @@ def run(
         settings=req.settings,
     )
     t0 = time.monotonic()
-    with lock:
+    try:
+        lock.acquire()
+    except errors.CacheWriteError as exc:
+        return _unwritable(req, exc, deep=deep, started=started)
+    with contextlib.ExitStack() as stack:
+        stack.callback(lock.release)
         waited = time.monotonic() - t0
         if not force_check:
             warm = _try_warm(req, deep=deep, any_age=False, started=started)
@@ -526,6 +531,29 @@ def run(
             # the very space the next attempt needs, and nobody else would remove it until then.
             _clean_temps(req)
             raise
+
+
+def _unwritable(req: Request, exc: errors.CacheWriteError, *, deep: bool, started: float) -> PrefetchResult:
+    """A cache we cannot write (read-only mount, no permission): serve a verified snapshot if the
+    revision still points at it, with zero writes; otherwise say why nothing can be done."""
+    commit = _known_commit(req, any_age=True)
+    sizes = _read_stamp(req, commit, deep=deep) if commit else None
+    if commit is None or sizes is None or not sizes_hold(req.snapshot(commit), sizes):
+        raise exc
+    if not cache.is_commit_hash(req.revision):
+        api = HfApi(endpoint=req.settings.endpoint, token=req.token)
+        info = call_with_retries(
+            lambda: api.repo_info(req.repo_id, repo_type=req.repo_type, revision=req.revision),
+            what=req.label,
+            settings=req.settings,
+        )
+        if info.sha != commit:
+            raise errors.CacheWriteError(
+                f"{req.label} now points at {info.sha}, but the cache (not writable: {exc}) holds {commit}",
+                cached_commit=commit,
+                current_commit=info.sha,
+            ) from exc
+    return _result(req, commit, sizes, started=started, warm=True)
 
 
 def _clean_temps(req: Request) -> None:

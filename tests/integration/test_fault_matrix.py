@@ -510,12 +510,6 @@ def test_read_only_complete_cache_loads_with_zero_writes(local_hub, crew, sharde
     assert tree_state(cache) == before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library bug: once the branch record is older than HUB_PREFETCH_REVISION_TTL the warm path needs "
-    "the repo lock to ask the Hub, and the lock cannot be created in a read-only cache (CacheWriteError), "
-    "so the loader falls back to a plain online load that writes refs/",
-)
 def test_read_only_complete_cache_after_the_revision_ttl_still_loads(
     local_hub, crew, sharded, warm_read_only
 ):
