@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -411,3 +412,61 @@ def test_locks_failure_on_unreadable_cache(hf_env: dict[str, Any], tmp_path: Pat
     proc = run_cli("locks", "--cache-dir", str(not_a_dir), "--json", env=hf_env)
     assert proc.returncode == cli.EXIT_CACHE_ERROR, proc.stdout + proc.stderr
     assert as_json(proc)["error"]["type"] == "CacheWriteError"
+
+
+# ------------------------------------------------------------------------------------------ demo
+
+
+@pytest.mark.slow
+def test_demo_json_killed_downloader(hf_env: dict[str, Any]) -> None:
+    proc = run_cli(
+        "demo",
+        "--workers",
+        "2",
+        "--rounds",
+        "1",
+        "--fault",
+        "killed-downloader",
+        "--json",
+        env=hf_env,
+        timeout=280,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = as_json(proc)
+    assert (data["ok"], data["fault"], data["workers"]) == (True, "killed-downloader", 2)
+    runs = {r["name"]: r for r in data["runs"]}
+    assert list(runs) == ["plain (cold)", "hub-prefetch (cold)", "plain (warm)", "hub-prefetch (warm)"]
+    cold = runs["hub-prefetch (cold)"]
+    # The downloader died mid-shard; the survivor loaded the right weights, and no temp file is left.
+    assert (cold["killed"], cold["ok"], cold["failed"], cold["wrong_weights"]) == (1, 1, 0, 0)
+    assert cold["temp_files"] == 0
+    assert cold["bytes_served"] >= data["bytes_needed"]
+    assert runs["plain (cold)"]["killed"] == 1
+    warm = runs["hub-prefetch (warm)"]
+    assert (warm["ok"], warm["hub_requests"], warm["bytes_served"]) == (2, 0, 0)
+    assert warm["all_loaded_s"] is not None
+
+
+@pytest.mark.slow
+def test_demo_table_noop_flock(hf_env: dict[str, Any]) -> None:
+    proc = run_cli(
+        "demo", "--workers", "2", "--rounds", "1", "--fault", "noop-flock", env=hf_env, timeout=280
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = proc.stdout.splitlines()
+    header = next(line for line in lines if line.lstrip().startswith("plain (cold)"))
+    assert header.split("  ")[-1].strip() == "hub-prefetch (warm)"
+    for row in (
+        "failed workers",
+        "time until all loaded",
+        "bytes served / needed",
+        "Hub requests",
+        "temp files",
+    ):
+        assert any(line.startswith(row) for line in lines), row
+    # With flock a silent no-op, auto-detection picks the lease: one download, not one per worker.
+    assert "hub-prefetch: repo lock backend lease" in lines
+    served = re.split(r"\s{2,}", next(line for line in lines if line.startswith("bytes served / needed")))
+    assert len(served) == 5
+    assert served[2].endswith("(1.0x)"), served  # hub-prefetch (cold)
+    assert served[4].startswith("0 B /"), served  # hub-prefetch (warm)

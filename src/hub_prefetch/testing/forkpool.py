@@ -155,8 +155,9 @@ class ForkedWorkers:
         wait = (self.timeout if timeout is None else timeout) + 30
         done = self._wait_event("done", wait)
         if done is None:
+            tail = self.stderr_tail()
             self.close()
-            raise WorkerError(f"forked workers gave no results in {wait:g} s:\n{self.stderr_tail()}")
+            raise WorkerError(f"forked workers gave no results in {wait:g} s:\n{tail}")
         out = []
         for raw in done["results"]:
             result = WorkerResult(**raw)
@@ -189,14 +190,14 @@ class ForkedWorkers:
                 if stream is not None:
                     with contextlib.suppress(OSError):
                         stream.close()
+        if self._stderr is not None:
+            self._stderr.close()
 
     def __enter__(self) -> ForkedWorkers:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-        if self._stderr is not None:
-            self._stderr.close()
 
     def _send(self, line: str) -> None:
         stdin = self._proc.stdin if self._proc is not None else None
