@@ -14,7 +14,7 @@ import logging
 import os
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -410,7 +410,7 @@ def _offline(req: Request, *, deep: bool, started: float) -> PrefetchResult:
 
 
 def _locked_prefetch(
-    req: Request, *, deep: bool, force_check: bool, started: float, waited: float
+    req: Request, lock: RepoLock, *, deep: bool, force_check: bool, started: float, waited: float
 ) -> PrefetchResult:
     commit = _known_commit(req, any_age=False)
     listing = _read_listing(req, commit) if commit else None
@@ -418,7 +418,9 @@ def _locked_prefetch(
         commit, listing = _fetch_listing(req, commit or req.revision)
     _record_revision(req, commit)
     fetcher = _Fetcher(req, commit, listing)
-    _clean_temps(req)
+    _clean_temps(req, lock)
+    if lock.probe_reason.startswith("flock raises"):
+        _replace_blob_locks()
     selection = _select(req, listing, fetcher.read)
     fetcher.ensure(selection.files)
     expected = [listing[p] for p in selection.files]
@@ -525,11 +527,13 @@ def run(
             if warm is not None:
                 return PrefetchResult(**{**warm.to_dict(), "waited_s": waited})
         try:
-            return _locked_prefetch(req, deep=deep, force_check=force_check, started=started, waited=waited)
+            return _locked_prefetch(
+                req, lock, deep=deep, force_check=force_check, started=started, waited=waited
+            )
         except Exception:
             # huggingface_hub < 1.18 keeps a failed download's `<etag>.incomplete`: on a full disk that is
             # the very space the next attempt needs, and nobody else would remove it until then.
-            _clean_temps(req)
+            _clean_temps(req, lock)
             raise
 
 
@@ -556,11 +560,40 @@ def _unwritable(req: Request, exc: errors.CacheWriteError, *, deep: bool, starte
     return _result(req, commit, sizes, started=started, warm=True)
 
 
-def _clean_temps(req: Request) -> None:
-    """Remove temp files of dead or failed writers (call it holding the repo lock)."""
+def _clean_temps(req: Request, lock: RepoLock) -> None:
+    """Remove temp files of dead or failed writers (call it holding the repo lock).
+
+    Where kernel locks cannot be trusted, a temp file must also be older than a lease TTL.
+    """
     s = req.settings
-    clean_orphan_temps(
-        s.cache_dir, req.repo_type, req.repo_id, min_age_s=0.0 if s.lock_backend != "lease" else s.lease_ttl
+    min_age = 0.0 if lock.backend == "flock" else s.lease_ttl
+    clean_orphan_temps(s.cache_dir, req.repo_type, req.repo_id, min_age_s=min_age)
+
+
+_blob_locks_replaced = False
+_blob_locks_guard = threading.Lock()
+
+
+def _replace_blob_locks() -> None:
+    """Where ``flock`` raises (ENOLCK, EOPNOTSUPP, ...), huggingface_hub's per-blob lock raises too
+    (filelock falls back to a soft lock only on ENOSYS), and every download would fail. We hold the
+    repo lease, which already excludes every other hub-prefetch writer of this repo, and blobs are
+    written to a temp file and renamed: so, for this process, the per-blob lock becomes a no-op."""
+    global _blob_locks_replaced  # noqa: PLW0603 - one process-wide switch, set once
+    with _blob_locks_guard:
+        if _blob_locks_replaced:
+            return
+        import huggingface_hub.file_download as hf_file_download  # noqa: PLC0415 - patched module
+
+        @contextlib.contextmanager
+        def no_blob_lock(lock_file: Any, *, timeout: float | None = None) -> Iterator[None]:
+            yield None
+
+        setattr(hf_file_download, "WeakFileLock", no_blob_lock)  # noqa: B010 - not a public name
+        _blob_locks_replaced = True
+    logger.warning(
+        "flock raises on this filesystem: huggingface_hub's per-blob locks are off in this process; "
+        "the repo lease lock serialises downloads instead"
     )
 
 

@@ -172,6 +172,12 @@ def clean_orphan_temps(
         except Timeout:
             logger.debug("%s is being written by a live process; left alone", temp)
         except OSError as exc:
+            # The blob lock itself is unusable (flock raises here): only age can tell an orphan.
+            with contextlib.suppress(OSError):
+                if min_age_s and time.time() - temp.stat().st_mtime >= min_age_s:
+                    temp.unlink()
+                    removed.append(temp)
+                    continue
             logger.debug("cannot check %s: %s", temp, exc)
     if removed:
         logger.info("removed %d orphan temp file(s) of dead writers in %s", len(removed), folder)

@@ -373,15 +373,8 @@ def test_orphan_temp_of_a_dead_writer_beside_a_live_writers(
 @pytest.mark.parametrize(
     "mode",
     [
-        pytest.param(
-            "ENOLCK",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="library bug: huggingface_hub's per-blob FileLock raises ENOLCK/EOPNOTSUPP (filelock "
-                "falls back to a soft lock only on ENOSYS), so every download fails although our repo "
-                "lock fell back to the lease (DESIGN 6.4)",
-            ),
-        ),
+        "ENOLCK",
+        "EOPNOTSUPP",
         "ENOSYS",
         "noop",
     ],
