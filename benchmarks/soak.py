@@ -371,7 +371,8 @@ class Soak:
         row["failed"] += len(fails)
         row["served"] += served
         row["needed"] += rnd.needed_bytes if rnd.expect_fail != -1 else 0
-        row.update({f"error {r.error_type}": row[f"error {r.error_type}"] + 1 for r in fails})
+        for r in fails:
+            row[f"error {r.error_type}"] += 1
         t.rounds += 1
 
     # -------------------------------------------------------------------------------- the whole soak
