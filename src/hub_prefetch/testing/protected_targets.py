@@ -101,17 +101,7 @@ def protected_pipeline(repo_id: str, revision: str | None = None, **kwargs: Any)
     pipe = diffusers.DiffusionPipeline.from_pretrained(
         repo_id, revision=result.commit, local_files_only=True, **kwargs
     )
-    fingerprints: dict[str, str | None] = {}
-    for name, component in pipe.components.items():
-        if component is None:
-            fingerprints[name] = None
-        elif hasattr(component, "state_dict"):
-            fingerprints[name] = tensor_fingerprint(component)
-        elif hasattr(component, "get_vocab"):
-            fingerprints[name] = tokenizer_fingerprint(component)
-        else:
-            fingerprints[name] = type(component).__name__
-    return {"fingerprints": fingerprints, "commit": result.commit}
+    return {"fingerprints": _targets().pipeline_fingerprints(pipe), "commit": result.commit}
 
 
 def storm_rewriter(

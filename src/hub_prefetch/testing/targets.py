@@ -20,6 +20,7 @@ from .repos import tensor_fingerprint, tokenizer_fingerprint
 __all__ = [
     "SENTENCE",
     "config_summary",
+    "pipeline_fingerprints",
     "plain_from_pretrained",
     "plain_model",
     "plain_pipeline",
@@ -96,6 +97,11 @@ def plain_pipeline(repo_id: str, revision: str | None = None, **kwargs: Any) -> 
     diffusers.utils.logging.set_verbosity_error()
     diffusers.utils.logging.disable_progress_bar()
     pipe = diffusers.DiffusionPipeline.from_pretrained(repo_id, revision=revision, **kwargs)
+    return {"class": type(pipe).__name__, "fingerprints": pipeline_fingerprints(pipe)}
+
+
+def pipeline_fingerprints(pipe: Any) -> dict[str, str | None]:
+    """Per component: tensors, vocabulary, or the class name of what has neither (a scheduler)."""
     fingerprints: dict[str, str | None] = {}
     for name, component in pipe.components.items():
         if component is None:
@@ -106,4 +112,4 @@ def plain_pipeline(repo_id: str, revision: str | None = None, **kwargs: Any) -> 
             fingerprints[name] = tokenizer_fingerprint(component)
         else:
             fingerprints[name] = type(component).__name__
-    return {"class": type(pipe).__name__, "fingerprints": fingerprints}
+    return fingerprints
