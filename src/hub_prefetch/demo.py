@@ -54,6 +54,18 @@ FAULTS = {
 _WORKER_PRELOAD = ("transformers.models.bert.modeling_bert",)
 _STALL_AFTER = 64 * 1024
 _OUTAGE_S = 3.0
+#: Libraries quiet and single-threaded: N workers share a few cores, and the table stays readable.
+_QUIET_ENV = {
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_XET": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "TOKENIZERS_PARALLELISM": "false",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "PYTHONWARNINGS": "ignore",
+}
 
 
 @dataclass
@@ -95,9 +107,7 @@ def _needed_bytes(store: Any, repo_id: str, commit: str) -> int:
 
 
 def _worker_env(hub: LocalHub, home: Path, extra: dict[str, str]) -> dict[str, str | None]:
-    from .testing.pytest_plugin import quiet_env  # noqa: PLC0415 - optional testing extras
-
-    env: dict[str, str | None] = {**quiet_env()}
+    env: dict[str, str | None] = dict(_QUIET_ENV)
     env.update(
         {
             "HF_HOME": str(home),
