@@ -10,6 +10,7 @@ test_hub_faults.py); this file runs them end to end, through real loaders in sev
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from collections.abc import Iterator
@@ -555,17 +556,25 @@ def test_offline_partial_cache_is_a_typed_error_at_once(local_hub, crew, sharded
     assert local_hub.requests() == []
 
 
+@pytest.mark.parametrize("how", ["tmpfs", "injected-ENOSPC"])
 def test_disk_full_during_a_download_is_a_clear_error_and_leaves_nothing_half_written(
-    local_hub, crew, sharded, tmp_path
+    local_hub, crew, sharded, tmp_path, how
 ):
+    """A size-limited tmpfs (root), or where mounting is not allowed an injected ENOSPC after the same
+    number of body bytes: every worker fails with CacheWriteError at once, nothing half-written stays,
+    and the next attempt with space succeeds."""
     built, needed = sharded
     cache = tmp_path / "small"
-    total = sum(needed.values())
-    with tmpfs(cache, f"{total // 2 // 1024}k") as mounted:
-        if not mounted:
-            pytest.skip("cannot mount a size-limited tmpfs here (needs root)")
+    budget = sum(needed.values()) // 2
+    with contextlib.ExitStack() as stack:
+        fault: dict = {}
+        if how == "tmpfs":
+            if not stack.enter_context(tmpfs(cache, f"{budget // 1024}k")):
+                pytest.skip("cannot mount a size-limited tmpfs here (needs root); the injected case runs")
+        else:
+            fault = {"disk_budget": budget}
         prefetch = {"action": "prefetch", "repo_id": SHARDED, "subfolders": [SUB], "cache_dir": str(cache)}
-        results = crew.run(prefetch, timeout=120)
+        results = crew.run({**prefetch, **fault}, timeout=120)
         assert [r.error_type for r in results] == ["CacheWriteError"] * WORKERS, failures(results)
         assert all("No space left" in (r.error or "") for r in results), [r.error for r in results]
         # never retried: no file was asked for more than once per worker
@@ -574,7 +583,8 @@ def test_disk_full_during_a_download_is_a_clear_error_and_leaves_nothing_half_wr
         assert temp_files(cache) == []
         report = hub_prefetch.verify(SHARDED, [SUB], cache_dir=cache)
         assert {p.kind for p in report.problems} <= {"missing"}, str(report)  # absent, never half-written
-        assert remount_size(cache, "64m")
+        if how == "tmpfs":
+            assert remount_size(cache, "64m")
         local_hub.reset_log()
         loads = crew.run(_load(cache))
         _assert_loaded(loads, built)

@@ -25,6 +25,7 @@ from ..lock import RepoLock
 
 __all__ = [
     "FLOCK_MODES",
+    "disk_full_after",
     "dispatch",
     "faulty_flock",
     "hold_repo_lock",
@@ -129,11 +130,73 @@ def _dump_if_stuck(seconds: float | None) -> Iterator[None]:
         faulthandler.cancel_dump_traceback_later()
 
 
+def _used_bytes(root: str) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            with contextlib.suppress(OSError):
+                st = os.lstat(os.path.join(dirpath, name))
+                total += st.st_size if not os.path.islink(os.path.join(dirpath, name)) else 0
+    return total
+
+
+class _FullDisk:
+    """A download's temp file on a filesystem (``root``) that holds at most ``capacity`` bytes."""
+
+    def __init__(self, inner: Any, root: str, capacity: int) -> None:
+        self._inner, self._root, self._capacity = inner, root, capacity
+
+    def write(self, data: bytes) -> int:
+        self._inner.flush()
+        room = self._capacity - _used_bytes(self._root)
+        if len(data) > room:
+            self._inner.write(data[: max(room, 0)])
+            self._inner.flush()
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return int(self._inner.write(data))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+@contextlib.contextmanager
+def disk_full_after(capacity: int | None, root: str | None = None) -> Iterator[None]:
+    """huggingface_hub's downloads get ENOSPC once the files below ``root`` would pass ``capacity`` bytes:
+    a full disk shared by every process, injected where a size-limited filesystem cannot be mounted."""
+    if capacity is None:
+        yield
+        return
+    file_download: Any = importlib.import_module("huggingface_hub.file_download")
+    real = file_download.http_get
+
+    def http_get(url: str, temp_file: Any, *args: Any, **kwargs: Any) -> Any:
+        where = root or os.path.dirname(os.path.dirname(str(temp_file.name)))
+        return real(url, _FullDisk(temp_file, where, capacity), *args, **kwargs)
+
+    file_download.http_get = http_get
+    try:
+        yield
+    finally:
+        file_download.http_get = real
+
+
 @contextlib.contextmanager
 def _faults(
-    flock: str, env: Mapping[str, str | None] | None, umask: int | None, dump_after: float | None = None
+    flock: str,
+    env: Mapping[str, str | None] | None,
+    umask: int | None,
+    *,
+    dump_after: float | None = None,
+    disk_budget: int | None = None,
+    disk_root: str | None = None,
 ) -> Iterator[None]:
-    with _dump_if_stuck(dump_after), call_env(env), faulty_flock(flock), _umask(umask):
+    with (
+        _dump_if_stuck(dump_after),
+        call_env(env),
+        faulty_flock(flock),
+        _umask(umask),
+        disk_full_after(disk_budget, disk_root),
+    ):
         yield
 
 
@@ -145,13 +208,16 @@ def load_under_faults(
     env: Mapping[str, str | None] | None = None,
     umask: int | None = None,
     dump_after: float | None = 90.0,
+    disk_budget: int | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """:func:`~hub_prefetch.testing.protected_targets.protected_from_pretrained` inside the given faults;
     the loader's result plus the process id. A call still running after ``dump_after`` seconds prints
     its threads' stacks to stderr (kept in the worker's result)."""
     protected = importlib.import_module("hub_prefetch.testing.protected_targets")
-    with _faults(flock, env, umask, dump_after):
+    with _faults(
+        flock, env, umask, dump_after=dump_after, disk_budget=disk_budget, disk_root=kwargs.get("cache_dir")
+    ):
         value: dict[str, Any] = protected.protected_from_pretrained(repo_id, subfolder, **kwargs)
     value["pid"] = os.getpid()
     return value
@@ -165,10 +231,13 @@ def prefetch_under_faults(
     env: Mapping[str, str | None] | None = None,
     umask: int | None = None,
     dump_after: float | None = 90.0,
+    disk_budget: int | None = None,
     **kwargs: Any,
 ) -> dict[str, Any]:
     """:func:`hub_prefetch.prefetch` inside the given faults; the result as a dict."""
-    with _faults(flock, env, umask, dump_after):
+    with _faults(
+        flock, env, umask, dump_after=dump_after, disk_budget=disk_budget, disk_root=kwargs.get("cache_dir")
+    ):
         result = prefetch(repo_id, subfolders, **kwargs).to_dict()
     result["pid"] = os.getpid()
     return result
