@@ -498,3 +498,29 @@ def test_repair_fixes_a_truncated_local_index(warm_snapshot: Path, hf_env: dict[
     assert data["exit_code"] == 0
     assert list(data["fixed"]) == [f"{SUB}/model.safetensors.index.json"]
     assert run_cli("verify", REPO, "-s", SUB, "--deep", env=hf_env).returncode == 0
+
+
+def test_lock_wait_is_logged_not_drawn_when_not_a_terminal(
+    hf_env: dict[str, Any], built_repos: dict[str, Any], holder: Any
+) -> None:
+    h = holder("flock")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hub_prefetch.cli", "warm", REPO, "-s", SUB],
+        env=_env(hf_env, HUB_PREFETCH_WAIT_LOG_INTERVAL="0.2"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        assert proc.stderr is not None
+        line = proc.stderr.readline().decode()  # a job log gets whole lines at the lock's cadence
+        h.release()
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 0
+    assert line.startswith(f"hub-prefetch: INFO: waiting for {REPO}@main: held by "), line
+    assert f":{h.proc.pid} " in line
+    assert b"\r" not in err and "\r" not in line
+    assert b"warmed" in out
