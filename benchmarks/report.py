@@ -382,14 +382,15 @@ def draw_plots(results: dict[str, Any], out: Path) -> list[Path]:
     def series(**key: Any) -> list[dict[str, Any]]:
         return sorted((c for c in cells if all(c[k] == v for k, v in key.items())), key=lambda c: c["n"])
 
-    def draw(ax: Any, metric: str, **key: Any) -> None:
-        """One line per stack and approach; cells with failed loads get a black cross."""
+    def draw(ax: Any, metric: str, *, clamp: float = 1e-3, **key: Any) -> None:
+        """One line per stack and approach; cells with failed loads get a black cross. Values below
+        ``clamp`` (a run whose workers died before fetching much) are drawn at ``clamp``."""
         for stack in stacks:
             for approach in APPROACH_ORDER:
                 cs = [c for c in series(stack=stack, approach=approach, **key) if c[metric] is not None]
                 if not cs:
                     continue
-                xs, ys = [c["n"] for c in cs], [max(c[metric], 1e-3) for c in cs]
+                xs, ys = [c["n"] for c in cs], [max(c[metric], clamp) for c in cs]
                 ax.plot(
                     xs,
                     ys,
@@ -398,7 +399,7 @@ def draw_plots(results: dict[str, Any], out: Path) -> list[Path]:
                     color=colors[approach],
                     label=f"{approach} ({stack})",
                 )
-                bad = [(c["n"], max(c[metric], 1e-3)) for c in cs if c["ok"] < c["n"]]
+                bad = [(c["n"], max(c[metric], clamp)) for c in cs if c["ok"] < c["n"]]
                 if bad:
                     ax.plot(*zip(*bad, strict=True), "x", color="black", ms=10, mew=2)
         ax.set_xscale("log", base=2)
@@ -431,10 +432,10 @@ def draw_plots(results: dict[str, Any], out: Path) -> list[Path]:
     fig, axes = plt.subplots(1, len(locks), figsize=(5 * len(locks), 3.6), squeeze=False)
     for j, lk in enumerate(locks):
         ax = axes[0][j]
-        draw(ax, "bytes_ratio", locks=lk, cache="cold")
+        draw(ax, "bytes_ratio", clamp=0.5, locks=lk, cache="cold")
         ax.axhline(1.0, color="grey", lw=0.8, ls=":")
         ax.set_title(f"cold cache, {lk} locks")
-        ax.set_ylabel("bytes served / bytes needed")
+        ax.set_ylabel("bytes served / bytes needed (min 0.5)")
     axes[0][0].legend(fontsize=7, title="x = some loads failed", title_fontsize=7)
     fig.tight_layout()
     path = out / "bytes_served.png"
