@@ -46,10 +46,11 @@ import secrets
 import stat
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from ._fsprobe import clear_probe_cache, probe_backend
 from ._lease import HolderInfo, HostIdentity, Lease, dead_reason, decode_record, encode_record, read_nofollow
@@ -95,6 +96,20 @@ class LockInfo:
 
 class _Cancelled(Exception):
     pass
+
+
+class _Flag(Protocol):
+    def is_set(self) -> bool: ...
+
+
+class _Until:
+    """A cancel flag that is set once a predicate holds."""
+
+    def __init__(self, done: Callable[[], bool]) -> None:
+        self._done = done
+
+    def is_set(self) -> bool:
+        return self._done()
 
 
 # -- the flock backend ------------------------------------------------------------------------------
@@ -325,7 +340,22 @@ class RepoLock:
         self._acquire(timeout, threading.get_ident(), None)
         return self
 
-    def _acquire(self, timeout: float | None, owner: object, cancel: threading.Event | None) -> None:
+    def acquire_unless(self, done: Callable[[], bool], timeout: float | None = None) -> bool:
+        """Wait for the lock, but give up as soon as ``done()`` is true (checked at every poll).
+
+        True: the lock is held (release it). False: ``done()`` came true first, nothing is held. This
+        is how waiters leave together the moment the holder's work is visible, instead of taking the
+        lock one after another only to find nothing left to do.
+        """
+        if done():
+            return False
+        try:
+            self._acquire(timeout, threading.get_ident(), _Until(done))
+        except _Cancelled:
+            return False
+        return True
+
+    def _acquire(self, timeout: float | None, owner: object, cancel: _Flag | None) -> None:
         if self._pid != os.getpid():
             self._depth, self._pid = 0, os.getpid()  # inherited across fork: nothing is ours
         timeout = self.timeout if timeout is None else timeout

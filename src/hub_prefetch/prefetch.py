@@ -515,10 +515,22 @@ def run(
         settings=req.settings,
     )
     t0 = time.monotonic()
+    seen: list[PrefetchResult] = []
+
+    def peer_finished() -> bool:
+        # Checked at every poll of the lock: when the holder's stamp appears, every waiter leaves at
+        # once without queueing for the lock just to find nothing left to do.
+        warm = None if force_check else _try_warm(req, deep=deep, any_age=False, started=started)
+        if warm is not None:
+            seen.append(warm)
+        return warm is not None
+
     try:
-        lock.acquire()
+        held = lock.acquire_unless(peer_finished)
     except errors.CacheWriteError as exc:
         return _unwritable(req, exc, deep=deep, started=started)
+    if not held:
+        return PrefetchResult(**{**seen[-1].to_dict(), "waited_s": time.monotonic() - t0})
     with contextlib.ExitStack() as stack:
         stack.callback(lock.release)
         waited = time.monotonic() - t0

@@ -498,3 +498,23 @@ def _try(lock: RepoLock) -> bool:
         return False
     lock.release()
     return True
+
+
+def test_acquire_unless_leaves_without_the_lock_once_done(tmp_path):
+    import threading as _threading
+
+    from hub_prefetch.lock import RepoLock
+
+    holder = RepoLock(tmp_path, "org/m", backend="flock")
+    waiter = RepoLock(tmp_path, "org/m", backend="flock")
+    done = _threading.Event()
+    outcome: list[bool] = []
+    with holder:
+        t = _threading.Thread(target=lambda: outcome.append(waiter.acquire_unless(done.is_set, timeout=30)))
+        t.start()
+        done.set()  # the holder's work became visible while it still holds the lock
+        t.join(30)
+        assert outcome == [False]
+        assert holder.is_held
+    assert waiter.acquire_unless(lambda: False, timeout=5) is True
+    waiter.release()
