@@ -122,9 +122,10 @@ def test_downloader_sigkilled_at_a_random_byte_of_a_shard(
     cut = rng.randrange(1, needed[shard])
     print(f"\nseed {seed}: {shard} cut at byte {cut} of {needed[shard]} ({backend})")
     cache = tmp_path / "cache"
-    # A short TTL only where the case needs it (the lease ages orphans by it); under load a TTL of 1 s
-    # may evict a live holder whose heartbeat thread was not scheduled in time.
-    ttl = 2.0 if backend == "lease" else 30.0
+    # Where the lease is in use (asked for, or flock unusable) a temp file is an orphan only once untouched
+    # for a TTL: a short one keeps the case quick; 1 s could evict a live holder on a loaded runner.
+    leased = backend == "lease" or flock != "ok"
+    ttl = 2.0 if leased else 30.0
     env = worker_env(local_hub.url, crew_home, HUB_PREFETCH_LOCK=backend, HUB_PREFETCH_LEASE_TTL=str(ttl))
     stall = local_hub.stall(f"*/resolve/*/{shard}", after_bytes=cut)
     with WorkerPool(
@@ -155,7 +156,7 @@ def test_downloader_sigkilled_at_a_random_byte_of_a_shard(
         DISPATCH, survivors_kwargs, n=WORKERS, env=env, preload=PRELOAD, timeout=120
     ) as survivors:
         survivors.wait_ready()
-        if backend == "lease":
+        if leased:
             # Where flock cannot be trusted a temp file is an orphan only once older than the lease TTL.
             wait_until(lambda: time.time() - killed_at > ttl, what="orphan older than the lease TTL")
         survivors.go()
