@@ -164,16 +164,19 @@ def _run_round(
         pool.next_round(lane.kwargs(cache))
     hub.reset_log()
     outage = None
+    fault_ids: list[int] = []
     if cold and fault == "http-503":
         # An overloaded Hub for a while, the same for both sides (a fixed count of 503s would land on
         # N plain workers once each, but all on hub-prefetch's single downloader).
         outage_id = hub.fail("*/resolve/*", status=503, count=-1)
+        fault_ids.append(outage_id)
         outage = threading.Timer(_OUTAGE_S, lambda: hub.clear_fault(outage_id))
     stop = threading.Event()
     killer = None
     killed: list[int] = []
     if cold and fault == "killed-downloader":
         stall_id = hub.stall("*.safetensors", after_bytes=_STALL_AFTER, count=1)
+        fault_ids.append(stall_id)
         killer = threading.Thread(
             target=kill_downloader,
             args=(hub, pool, cache),
@@ -190,7 +193,8 @@ def _run_round(
     stop.set()
     if killer is not None:
         killer.join(5)
-    hub.clear_faults()
+    for fault_id in fault_ids:  # only ours: clear_faults() would lift the bandwidth limit too
+        hub.clear_fault(fault_id)
     records = hub.requests()
 
     stats.rounds += 1

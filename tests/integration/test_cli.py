@@ -442,6 +442,10 @@ def test_demo_json_killed_downloader(hf_env: dict[str, Any]) -> None:
     assert cold["temp_files"] == 0
     assert cold["bytes_served"] >= data["bytes_needed"]
     assert runs["plain (cold)"]["killed"] == 1
+    # Every cold run went through the throttled link: no run can be faster than its bytes allow.
+    rate = data["bandwidth_mb_s"] * 1e6
+    for name in ("plain (cold)", "hub-prefetch (cold)"):
+        assert runs[name]["last_done_s"] >= 0.9 * runs[name]["bytes_served"] / rate, runs[name]
     warm = runs["hub-prefetch (warm)"]
     assert (warm["ok"], warm["hub_requests"], warm["bytes_served"]) == (2, 0, 0)
     assert warm["all_loaded_s"] is not None
