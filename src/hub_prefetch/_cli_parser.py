@@ -241,7 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=float,
         default=2.0,
         metavar="MB_PER_S",
-        help="the local Hub's shared link speed in MB/s (default 2)",
+        help="the local Hub's shared link speed in MB/s (default 2; 0: unthrottled)",
     )
     p.add_argument(
         "--rounds",

@@ -367,7 +367,7 @@ def run_demo(args: argparse.Namespace, *, out: TextIO, err: TextIO, status: Stat
             needed = _needed_bytes(store, REPO_ID, built.commit)
             hub = LocalHub.spawn(store.root)
             try:
-                hub.set_bandwidth(args.bandwidth * 1e6)
+                hub.set_bandwidth(args.bandwidth * 1e6 if args.bandwidth > 0 else None)
                 runs = _run_lanes(
                     args, hub=hub, root=root, fingerprint=built.fingerprint, needed=needed, status=status
                 )
@@ -381,6 +381,7 @@ def run_demo(args: argparse.Namespace, *, out: TextIO, err: TextIO, status: Stat
     code = 0 if ok else 1
     total = time.monotonic() - started
     description = FAULTS[fault].format(n=n)
+    link = f"{args.bandwidth:g} MB/s" if args.bandwidth > 0 else "full speed"
     if args.json:
         data = {
             "ok": ok,
@@ -406,7 +407,7 @@ def run_demo(args: argparse.Namespace, *, out: TextIO, err: TextIO, status: Stat
             f"hub-prefetch demo: {n} worker processes load {REPO_ID} ({SUBFOLDER}, {SHARDS} shards, "
             f"{human_bytes(needed)}) with AutoModel.from_pretrained"
         ),
-        f"local Hub at {args.bandwidth:g} MB/s (no network); fault: {fault} - {description}",
+        f"local Hub at {link} (no network); fault: {fault} - {description}",
     ]
     if rounds > 1:
         lines.append(f"cold columns: {rounds} runs on fresh caches, summed (time: the median run)")
