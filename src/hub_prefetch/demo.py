@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import re
 import shutil
 import statistics
 import sys
@@ -54,6 +55,7 @@ FAULTS = {
 _WORKER_PRELOAD = ("transformers.models.bert.modeling_bert",)
 _STALL_AFTER = 64 * 1024
 _OUTAGE_S = 3.0
+_CACHE_PATH = re.compile(r"/\S*/models--")
 #: Libraries quiet and single-threaded: N workers share a few cores, and the table stays readable.
 _QUIET_ENV = {
     "HF_HUB_DISABLE_TELEMETRY": "1",
@@ -206,6 +208,7 @@ def _run_round(
         elif not r.ok:
             stats.failed += 1
             first_line = (r.error or "").strip().splitlines()[0] if r.error else ""
+            first_line = _CACHE_PATH.sub(".../models--", first_line)  # one line per error, not per cache
             errors[f"{r.error_type}: {first_line[:160]}"] += 1
         elif (r.value or {}).get("fingerprint") != fingerprint:
             stats.wrong_weights += 1
