@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import logging
 import os
 import threading
@@ -27,7 +28,15 @@ from .lock import RepoLock
 from .retry import call_with_retries
 from .select import Selection, select_files
 from .settings import Settings
-from .verify import ExpectedFile, Problem, VerifyReport, check_files, clean_orphan_temps, sizes_hold
+from .verify import (
+    ExpectedFile,
+    Problem,
+    VerifyReport,
+    check_file,
+    check_files,
+    clean_orphan_temps,
+    sizes_hold,
+)
 
 __all__ = ["PrefetchResult", "Request", "listed_path", "prefetch", "prefetch_subfolders", "repair", "verify"]
 
@@ -248,6 +257,17 @@ def _fetch_listing(req: Request, revision: str) -> tuple[str, dict[str, Expected
         },
     )
     return commit, listing
+
+
+def _guessed_index(index: str, listing: dict[str, ExpectedFile]) -> bytes:
+    """A weight map naming the shards an index's file name implies (``model.safetensors.index.json``
+    -> ``model-*-of-*.safetensors`` beside it)."""
+    folder, _, name = index.rpartition("/")
+    stem, _, rest = name.partition(".")
+    suffix = "." + rest.split(".index", 1)[0]
+    prefix = f"{folder}/{stem}" if folder else stem
+    shards = [p for p in listing if p.startswith(prefix + "-") and p.endswith(suffix)]
+    return json.dumps({"weight_map": {str(i): p.rpartition("/")[2] for i, p in enumerate(shards)}}).encode()
 
 
 def _record_revision(req: Request, commit: str) -> None:
@@ -687,11 +707,16 @@ def verify(
     missing_index: list[Problem] = []
 
     def read_local(path: str) -> bytes:
-        try:
-            return (snapshot / path).read_bytes()
-        except OSError:
-            missing_index.append(Problem(path, "missing", "index needed to know the shards"))
-            return b'{"weight_map": {}}'
+        problem = check_file(snapshot, listing[path], deep=deep)
+        if problem is None:
+            try:
+                return (snapshot / path).read_bytes()
+            except OSError as exc:
+                problem = Problem(path, "missing", f"unreadable: {exc.strerror or exc}")
+        # A damaged local index cannot say which shards it names: report it, and check the shards
+        # its name implies, so the report is whole and `repair` knows what to fetch.
+        missing_index.append(problem)
+        return _guessed_index(path, listing)
 
     selection = _select(req, listing, read_local)
     problems = missing_index + [

@@ -19,6 +19,7 @@ from typing import TypeVar
 from huggingface_hub.errors import (
     EntryNotFoundError,
     HfHubHTTPError,
+    LocalEntryNotFoundError,
     OfflineModeIsEnabled,
     RepositoryNotFoundError,
     RevisionNotFoundError,
@@ -83,6 +84,14 @@ def classify(exc: BaseException, *, what: str) -> Verdict:
         return Verdict(False, errors.RepoNotFound(f"{what}: no such repository, or no access to it"))
     if isinstance(exc, RevisionNotFoundError):
         return Verdict(False, errors.RevisionNotFound(f"{what}: no such revision"))
+    if isinstance(exc, LocalEntryNotFoundError):
+        # huggingface_hub raises this when its HEAD failed and no cached copy exists: the cause (an
+        # outage, a refused connection, a 404) decides, not the class, which subclasses "not found".
+        cause = exc.__cause__ or exc.__context__
+        if cause is None or cause is exc:
+            return Verdict(True, exc)
+        inner = classify(cause, what=what)
+        return inner if not inner.retry else Verdict(True, exc, inner.delay)
     if isinstance(exc, EntryNotFoundError):
         return Verdict(False, errors.EntryNotFound(f"{what}: no such file in the repo"))
     if isinstance(exc, OfflineModeIsEnabled):

@@ -476,12 +476,6 @@ def test_demo_table_noop_flock(hf_env: dict[str, Any]) -> None:
     assert served[4].startswith("0 B /"), served  # hub-prefetch (warm)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="library gap: verify() parses the cached *.index.json before checking its size, so a truncated "
-    "local index raises CorruptRepoFileError ('in the repo is not a valid index', exit 4) instead of "
-    "being reported as a 'size' problem (exit 1)",
-)
 def test_verify_reports_a_truncated_local_index(warm_snapshot: Path, hf_env: dict[str, Any]) -> None:
     index = _blob(warm_snapshot, f"{SUB}/model.safetensors.index.json")
     index.chmod(0o644)

@@ -112,3 +112,19 @@ def test_call_with_retries_gives_up_with_typed_error(tmp_path):
         call_with_retries(down, what="x", settings=settings, sleep=sleeps.append)
     assert sleeps == [2.0, 2.0]
     assert info.value.attempts == 3
+
+
+def test_local_entry_not_found_is_judged_by_its_cause():
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    def wrapped(cause):
+        try:
+            raise LocalEntryNotFoundError("An error happened while trying to locate the file") from cause
+        except LocalEntryNotFoundError as exc:
+            return exc
+
+    outage = classify(wrapped(_http_error(HfHubHTTPError, 503)), what="x")
+    assert outage.retry  # a Hub outage is not "no such file"
+    missing = classify(wrapped(_http_error(RepositoryNotFoundError, 404)), what="x")
+    assert not missing.retry and isinstance(missing.error, errors.RepoNotFound)
+    assert classify(LocalEntryNotFoundError("no cause"), what="x").retry
