@@ -10,6 +10,7 @@ import pytest
 
 import hub_prefetch
 from hub_prefetch.testing.repos import BuiltRepo, tensor_fingerprint
+from hub_prefetch.testing.slowfs import ENV as SLOW_REFS
 from hub_prefetch.testing.workers import WorkerPool
 
 OLD_STACK = tuple(int(p) for p in huggingface_hub.__version__.split(".")[:2]) < (1, 31)
@@ -76,8 +77,10 @@ def test_protected_loader_never_fails_on_a_cold_cache(
     built = built_repos["sharded"]
     if not OLD_STACK:
         local_hub.set_bandwidth(8 * 1024 * 1024)  # the new stack: same, with a limited link
+    # The slow-filesystem knob that makes plain loads race on a quiet machine (test_upstream_race.py).
+    env = {**hf_env, SLOW_REFS: "0.02"}
     figures = _runs(
-        PROTECTED, built, local_hub, hub_store, hf_env, tmp_path, workers=workers, runs=runs, label="p"
+        PROTECTED, built, local_hub, hub_store, env, tmp_path, workers=workers, runs=runs, label="p"
     )
     _summary(f"protected, {workers} workers, huggingface_hub {huggingface_hub.__version__}", figures)
     assert [f["failed"] for f in figures if f["failed"]] == []
@@ -92,8 +95,9 @@ def test_plain_vs_protected_side_by_side(local_hub, hub_store, built_repos, hf_e
     """The figures for the issue note: failures, time to all-ready and bytes, plain vs protected."""
     built = built_repos["sharded"]
     runs = 6
-    plain = _runs(PLAIN, built, local_hub, hub_store, hf_env, tmp_path, workers=8, runs=runs, label="plain")
-    prot = _runs(PROTECTED, built, local_hub, hub_store, hf_env, tmp_path, workers=8, runs=runs, label="prot")
+    env = {**hf_env, SLOW_REFS: "0.02"}  # the slow-filesystem knob: the old stack's plain race shows
+    plain = _runs(PLAIN, built, local_hub, hub_store, env, tmp_path, workers=8, runs=runs, label="plain")
+    prot = _runs(PROTECTED, built, local_hub, hub_store, env, tmp_path, workers=8, runs=runs, label="prot")
     plain_t, plain_b = _summary("plain, 8 workers", plain)
     prot_t, prot_b = _summary("protected, 8 workers", prot)
     print(

@@ -51,6 +51,12 @@ def main() -> int:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
 
+    slow_refs = os.environ.get("HUB_PREFETCH_TEST_SLOW_REF_WRITES")
+    if slow_refs:
+        from .slowfs import install_slow_ref_writes  # noqa: PLC0415 - a test fault, only when asked
+
+        install_slow_ref_writes(float(slow_refs))
+
     job = json.loads(sys.stdin.readline())
     t_import = time.time()
     try:

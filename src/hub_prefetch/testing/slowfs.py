@@ -1,0 +1,53 @@
+"""A slow-filesystem fault for worker processes: writes to ``refs/`` files pause after truncation.
+
+huggingface_hub < 1.31 rewrites ``refs/<branch>`` in place: ``open(path, "w")`` truncates it, then
+``write`` fills it. A reader between the two sees an empty ref. On a busy node or a network filesystem
+that gap is long; on a quiet 2-core test machine it is microseconds and the race almost never shows.
+This knob widens the gap the way a slow filesystem does, without touching huggingface_hub's code: the
+truncation happens, then the write waits. Enable it in a worker with ``HUB_PREFETCH_TEST_SLOW_REF_WRITES``
+(seconds) in its environment; :mod:`hub_prefetch.testing._worker_main` installs it before any import.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import time
+from typing import Any
+
+__all__ = ["ENV", "install_slow_ref_writes"]
+
+ENV = "HUB_PREFETCH_TEST_SLOW_REF_WRITES"
+_REFS = f"{os.sep}refs{os.sep}"
+
+
+class _SlowWriter:
+    def __init__(self, handle: Any, delay: float) -> None:
+        self._handle, self._delay = handle, delay
+
+    def write(self, data: Any) -> Any:
+        time.sleep(self._delay)
+        return self._handle.write(data)
+
+    def __enter__(self) -> _SlowWriter:
+        self._handle.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> Any:
+        return self._handle.__exit__(*exc)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handle, name)
+
+
+def install_slow_ref_writes(delay: float) -> None:
+    """Make every ``open(<...>/refs/<...>, "w")`` of this process wait ``delay`` s before writing."""
+    real_open = builtins.open
+
+    def slow_open(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        handle = real_open(file, mode, *args, **kwargs)
+        if "w" in mode and isinstance(file, (str, os.PathLike)) and _REFS in os.fspath(file):
+            return _SlowWriter(handle, delay)
+        return handle
+
+    builtins.open = slow_open
