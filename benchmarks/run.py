@@ -22,19 +22,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hub_prefetch.testing.workers import QUIET_ENV as WORKER_QUIET_ENV
+
 from .hosts import REPO_ROOT, Host, HostError
 
 RESULTS = Path(__file__).resolve().parent / "results"
-QUIET_ENV = {
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "HF_HUB_DISABLE_XET": "1",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
-    "TRANSFORMERS_VERBOSITY": "error",
-    "TOKENIZERS_PARALLELISM": "false",
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "PYTHONWARNINGS": "ignore",
+QUIET_ENV: dict[str, str | None] = {
+    **WORKER_QUIET_ENV,
     "HF_TOKEN": None,
     "HF_HUB_OFFLINE": None,
     "TRANSFORMERS_OFFLINE": None,

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 from ._cli_progress import StatusLine, human_bytes, human_seconds
 from ._demo_faults import kill_downloader, plant_stale_lease
+from .testing.workers import QUIET_ENV
 
 if TYPE_CHECKING:
     from .testing.server import LocalHub
@@ -56,18 +57,6 @@ _WORKER_PRELOAD = ("transformers.models.bert.modeling_bert",)
 _STALL_AFTER = 64 * 1024
 _OUTAGE_S = 3.0
 _CACHE_PATH = re.compile(r"/\S*/models--")
-#: Libraries quiet and single-threaded: N workers share a few cores, and the table stays readable.
-_QUIET_ENV = {
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "HF_HUB_DISABLE_XET": "1",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
-    "TRANSFORMERS_VERBOSITY": "error",
-    "TOKENIZERS_PARALLELISM": "false",
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "PYTHONWARNINGS": "ignore",
-}
 
 
 @dataclass
@@ -109,7 +98,7 @@ def _needed_bytes(store: Any, repo_id: str, commit: str) -> int:
 
 
 def _worker_env(hub: LocalHub, home: Path, extra: dict[str, str]) -> dict[str, str | None]:
-    env: dict[str, str | None] = dict(_QUIET_ENV)
+    env: dict[str, str | None] = dict(QUIET_ENV)
     env.update(
         {
             "HF_HOME": str(home),

@@ -50,6 +50,7 @@ from .repos import (
     build_tokenizer,
     build_variant_repo,
 )
+from .workers import QUIET_ENV
 
 if TYPE_CHECKING:
     from .server import LocalHub
@@ -67,19 +68,6 @@ __all__ = [
 ]
 
 GATED_TOKEN = "hf_secret"  # noqa: S105 - a test token the local Hub checks, not a credential
-
-#: Libraries quiet and single-threaded: many workers share two cores, and stderr stays readable.
-QUIET_ENV = {
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "HF_HUB_DISABLE_XET": "1",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
-    "TRANSFORMERS_VERBOSITY": "error",
-    "DIFFUSERS_VERBOSITY": "error",
-    "TOKENIZERS_PARALLELISM": "false",
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-}
 
 
 def quiet_env() -> dict[str, str]:

@@ -29,7 +29,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-__all__ = ["WorkerError", "WorkerPool", "WorkerResult", "run_workers"]
+__all__ = ["QUIET_ENV", "WorkerError", "WorkerPool", "WorkerResult", "run_workers"]
+
+#: Libraries quiet and single-threaded: many workers share two cores, and stderr stays readable.
+QUIET_ENV: dict[str, str] = {
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "HF_HUB_DISABLE_XET": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "DIFFUSERS_VERBOSITY": "error",
+    "TOKENIZERS_PARALLELISM": "false",
+    "OMP_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "PYTHONWARNINGS": "ignore",
+}
 
 _STDERR_TAIL = 4000
 
