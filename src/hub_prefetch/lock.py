@@ -341,14 +341,12 @@ class RepoLock:
         return self
 
     def acquire_unless(self, done: Callable[[], bool], timeout: float | None = None) -> bool:
-        """Wait for the lock, but give up as soon as ``done()`` is true (checked at every poll).
+        """Wait for the lock, but give up as soon as ``done()`` is true (checked after every failed try).
 
         True: the lock is held (release it). False: ``done()`` came true first, nothing is held. This
         is how waiters leave together the moment the holder's work is visible, instead of taking the
         lock one after another only to find nothing left to do.
         """
-        if done():
-            return False
         try:
             self._acquire(timeout, threading.get_ident(), _Until(done))
         except _Cancelled:
