@@ -143,7 +143,7 @@ class Request:
             all_files=all_files,
             include_root_metadata=include_root_metadata,
             token=token,
-            settings=settings or Settings.from_env(**settings_overrides),
+            settings=_settings(settings, settings_overrides),
             weights=weights,
         )
 
@@ -164,6 +164,16 @@ class Request:
 
     def snapshot(self, commit: str) -> Path:
         return cache.snapshot_dir(self.settings.cache_dir, self.repo_type, self.repo_id, commit)
+
+
+def _settings(settings: Settings | None, overrides: dict[str, Any]) -> Settings:
+    """``settings`` (or the environment now) with the overrides that are not None applied."""
+    if settings is None:
+        return Settings.from_env(**overrides)
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    if "cache_dir" in changes:
+        changes["cache_dir"] = Path(changes["cache_dir"]).expanduser()
+    return settings.replace(**changes) if changes else settings
 
 
 # ---------------------------------------------------------------- side files (stamps, listings, records)
@@ -649,6 +659,8 @@ def prefetch(
     token: str | bool | None = None,
     local_files_only: bool | None = None,
     deep: bool | None = None,
+    settings: Settings | None = None,
+    lock_timeout: float | None = None,
 ) -> PrefetchResult:
     """Materialise and verify what loading ``subfolders`` of ``model`` needs; raise typed errors.
 
@@ -664,6 +676,8 @@ def prefetch(
         include_root_metadata=include_root_metadata,
         token=token,
         cache_dir=cache_dir,
+        settings=settings,
+        lock_timeout=lock_timeout,
     )
     return run(req, local_files_only=bool(local_files_only), deep=deep)
 
@@ -680,6 +694,7 @@ def verify(
     cache_dir: str | os.PathLike[str] | None = None,
     token: str | bool | None = None,
     deep: bool = False,
+    settings: Settings | None = None,
 ) -> VerifyReport:
     """Report what is missing, truncated, corrupt (``deep``) or dangling; download nothing.
 
@@ -696,6 +711,7 @@ def verify(
         include_root_metadata=include_root_metadata,
         token=token,
         cache_dir=cache_dir,
+        settings=settings,
     )
     commit = _known_commit(req, any_age=True)
     listing = _read_listing(req, commit) if commit else None
@@ -746,6 +762,8 @@ def repair(
     cache_dir: str | os.PathLike[str] | None = None,
     token: str | bool | None = None,
     deep: bool = True,
+    settings: Settings | None = None,
+    lock_timeout: float | None = None,
 ) -> PrefetchResult:
     """Check every selected file (sha256 when ``deep``) under the lock and re-fetch exactly the bad ones."""
     req = Request.build(
@@ -758,6 +776,8 @@ def repair(
         include_root_metadata=include_root_metadata,
         token=token,
         cache_dir=cache_dir,
+        settings=settings,
+        lock_timeout=lock_timeout,
     )
     return run(req, deep=deep, force_check=True)
 
@@ -777,6 +797,8 @@ def prefetch_subfolders(
     cache_dir: str | os.PathLike[str] | None = None,
     token: str | bool | None = None,
     strict: bool = False,
+    settings: Settings | None = None,
+    lock_timeout: float | None = None,
 ) -> PrefetchResult | None:
     """Materialise ``model``'s ``subfolders`` in the HF cache before loading (the reference API).
 
@@ -797,6 +819,8 @@ def prefetch_subfolders(
             variant=variant,
             include_root_metadata=include_root_metadata,
             cache_dir=cache_dir,
+            settings=settings,
+            lock_timeout=lock_timeout,
             token=token,
             local_files_only=local_files_only,
         )
