@@ -2,16 +2,26 @@
 
 Exactly one process downloads; every other waits, then loads a verified, commit-pinned snapshot
 without a network call. Broken caches are repaired file by file; real errors surface at once.
+
+The public surface, by what you are doing:
+
+* **prepare a load, strictly** (typed errors): :func:`prefetch`, :func:`verify`, :func:`repair`;
+  for a diffusers pipeline :func:`prefetch_pipeline`; in a ``torch.distributed`` job
+  :func:`prefetch_distributed`;
+* **load**: :func:`from_pretrained_with_prefetch` around one ``from_pretrained``, or
+  :func:`protected_loads` around every one in a block (``hub_prefetch.patch.install()`` for good);
+* **the reference API**, kept working: :func:`prefetch_subfolders` (best effort),
+  :func:`from_pretrained_with_prefetch`, :func:`retry_on_missing_shard` (see :mod:`hub_prefetch.reference`);
+* **the pieces**: :class:`RepoLock`, :class:`Settings`, the results, and the error tree (the root and its
+  direct branches here; every class in :mod:`hub_prefetch.errors`).
 """
 
 from __future__ import annotations
 
+from . import errors
 from .distributed import prefetch_distributed
 from .errors import (
     CacheWriteError,
-    CorruptRepoFileError,
-    EntryNotFound,
-    GatedRepoError,
     HubAccessError,
     HubPrefetchError,
     HubUnavailableError,
@@ -19,15 +29,13 @@ from .errors import (
     InvalidRequestError,
     LockTimeout,
     OfflineCacheMissError,
-    RepoNotFound,
-    RevisionNotFound,
-    UnknownSubfolderError,
 )
-from .heal import from_pretrained_with_prefetch, retry_on_missing_shard
-from .lock import RepoLock, repo_lock
-from .patch import install, protected_loads, uninstall
+from .heal import from_pretrained_with_prefetch
+from .lock import RepoLock
+from .patch import protected_loads
 from .pipeline import prefetch_pipeline
-from .prefetch import PrefetchResult, prefetch, prefetch_subfolders, repair, verify
+from .prefetch import PrefetchResult, prefetch, repair, verify
+from .reference import prefetch_subfolders, retry_on_missing_shard
 from .settings import Settings
 from .verify import VerifyReport
 
@@ -35,9 +43,6 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CacheWriteError",
-    "CorruptRepoFileError",
-    "EntryNotFound",
-    "GatedRepoError",
     "HubAccessError",
     "HubPrefetchError",
     "HubUnavailableError",
@@ -47,22 +52,17 @@ __all__ = [
     "OfflineCacheMissError",
     "PrefetchResult",
     "RepoLock",
-    "RepoNotFound",
-    "RevisionNotFound",
     "Settings",
-    "UnknownSubfolderError",
     "VerifyReport",
     "__version__",
+    "errors",
     "from_pretrained_with_prefetch",
-    "install",
     "prefetch",
     "prefetch_distributed",
     "prefetch_pipeline",
     "prefetch_subfolders",
     "protected_loads",
     "repair",
-    "repo_lock",
     "retry_on_missing_shard",
-    "uninstall",
     "verify",
 ]

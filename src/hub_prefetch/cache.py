@@ -72,7 +72,7 @@ def validate_repo_id(repo_id: object) -> str:
     is rejected before anything touches the disk or the network.
     """
     if not isinstance(repo_id, str):
-        raise InvalidRequestError(f"repo id must be a string, not {type(repo_id).__name__}", repo_id=repo_id)
+        raise InvalidRequestError(f"repo id must be a string, not {type(repo_id).__name__}")
     parts = repo_id.split("/")
     problem = None
     if not 1 <= len(repo_id) <= 96:
@@ -92,7 +92,7 @@ def validate_repo_id(repo_id: object) -> str:
 
 def validate_revision(revision: object) -> str:
     if not isinstance(revision, str) or not revision:
-        raise InvalidRequestError(f"invalid revision {revision!r}", revision=revision)
+        raise InvalidRequestError(f"invalid revision {revision!r}")
     parts = revision.split("/")
     if (
         revision.startswith("/")

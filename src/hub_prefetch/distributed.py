@@ -46,13 +46,14 @@ from ._lease import HolderInfo, HostIdentity, dead_reason, process_start_time
 from .prefetch import (
     PrefetchResult,
     Request,
-    _fetch_listing,
-    _known_commit,
-    _record_revision,
-    _try_warm,
+    fetch_listing,
+    known_commit,
     prefetch,
+    record_revision,
+    try_warm,
 )
 from .prefetch import run as run_request
+from .settings import Settings
 
 __all__ = ["CacheScope", "DomainPlan", "plan_domains", "prefetch_distributed"]
 
@@ -63,40 +64,6 @@ CacheScope = Literal["auto", "node", "shared"]
 _FORMAT = 1
 _GC_AGE_S = 24 * 3600.0
 _DIST_PREFIX = "dist-"
-
-
-# ---------------------------------------------------------------- typed errors across processes
-
-
-def encode_error(exc: BaseException) -> dict[str, Any]:
-    """A JSON form of ``exc`` that :func:`decode_error` turns back into the same class and message.
-
-    JSON rather than pickle: outcome files live in a cache other users may write to, and unpickling
-    what they wrote would run their code.
-    """
-    facts: dict[str, Any] = {}
-    for key, value in getattr(exc, "facts", {}).items():
-        with contextlib.suppress(TypeError, ValueError):
-            json.dumps(value)
-            facts[key] = value
-    return {
-        "type": type(exc).__name__,
-        "typed": isinstance(exc, errors.HubPrefetchError),
-        "message": getattr(exc, "message", None) or str(exc),
-        "facts": facts,
-    }
-
-
-def decode_error(data: dict[str, Any], **extra: Any) -> errors.HubPrefetchError:
-    """The typed error :func:`encode_error` described; a foreign exception becomes HubPrefetchError."""
-    cls = getattr(errors, str(data.get("type")), None)
-    message = str(data.get("message", ""))
-    facts = dict(data.get("facts") or {})
-    facts.update(extra)
-    if isinstance(cls, type) and issubclass(cls, errors.HubPrefetchError) and data.get("typed"):
-        with contextlib.suppress(TypeError):
-            return cls(message, **facts)
-    return errors.HubPrefetchError(f"{data.get('type')}: {message}", error_type=data.get("type"), **facts)
 
 
 # ---------------------------------------------------------------- cache domains
@@ -285,11 +252,11 @@ def _resolve(req: Request, *, offline: bool) -> str | None:
     The listing it fetches is recorded in this (rank 0's) cache, so rank 0's own prefetch then needs
     no further metadata request.
     """
-    commit = _known_commit(req, any_age=offline)
+    commit = known_commit(req, any_age=offline)
     if commit is not None or offline:
         return commit
-    commit, _listing = _fetch_listing(req, req.revision)
-    _record_revision(req, commit)
+    commit, _listing = fetch_listing(req, req.revision)
+    record_revision(req, commit)
     return commit
 
 
@@ -322,7 +289,7 @@ def _lead(run: _Run, beat_interval: float) -> PrefetchResult:
         beacon.start()
         result = _download(run)
     except Exception as exc:
-        outcome.update(ok=False, error=encode_error(exc))
+        outcome.update(ok=False, error=errors.to_json(exc))
         raise
     except BaseException:
         # Interrupted, not failed: the followers should take over at once, not inherit a KeyboardInterrupt.
@@ -344,7 +311,7 @@ def _follow(run: _Run, *, stale_after: float, poll: float) -> PrefetchResult:
     if run.commit is not None:
         # A warm cache needs no leader: a verified stamp of the agreed commit is enough (stats only).
         deep = s.deep_verify if run.deep is None else run.deep
-        warm = _try_warm(
+        warm = try_warm(
             dataclasses.replace(run.req, revision=run.commit), deep=deep, any_age=False, started=start
         )
         if warm is not None:
@@ -402,7 +369,7 @@ def _follow(run: _Run, *, stale_after: float, poll: float) -> PrefetchResult:
         result = run_request(pinned, local_files_only=run.local_files_only, deep=run.deep)
         return dataclasses.replace(result, revision=run.req.revision, waited_s=waited)
     if outcome is not None and not outcome.get("abandoned"):
-        raise decode_error(outcome.get("error") or {}, leader_rank=run.leader)
+        raise errors.from_json(outcome.get("error") or {}, origin_rank=run.leader)
     if outcome is not None:
         takeover_reason = "it was interrupted"
     logger.warning(
@@ -448,6 +415,8 @@ def prefetch_distributed(
     token: str | bool | None = None,
     local_files_only: bool | None = None,
     deep: bool | None = None,
+    settings: Settings | None = None,
+    lock_timeout: float | None = None,
     group: Any = None,
     cache_scope: CacheScope = "auto",
     poll_interval: float = 0.1,
@@ -478,6 +447,8 @@ def prefetch_distributed(
             token=token,
             local_files_only=local_files_only,
             deep=deep,
+            settings=settings,
+            lock_timeout=lock_timeout,
         )
     dist, rank, size = world
     me = HostIdentity.local()
@@ -496,13 +467,15 @@ def prefetch_distributed(
             include_root_metadata=include_root_metadata,
             token=token,
             cache_dir=cache_dir,
+            settings=settings,
+            lock_timeout=lock_timeout,
         )
         realpath = os.path.realpath(req.settings.cache_dir)
         cache.atomic_write_bytes(_probe_dir(req.settings.cache_dir) / token_, b"")
     except Exception as exc:  # noqa: BLE001 - every rank raises it after the exchange
         own = exc
     # Every rank enters both exchanges, even one whose request is bad: leaving early would hang the rest.
-    mine = RankInfo(rank, me.host, realpath, token_, encode_error(own) if own is not None else None)
+    mine = RankInfo(rank, me.host, realpath, token_, errors.to_json(own) if own is not None else None)
     infos: list[RankInfo] = _gather(dist, mine, size, group)
     first_error = next((i for i in infos if i.error is not None), None)
     seen: list[str] = []
@@ -517,7 +490,7 @@ def prefetch_distributed(
             except Exception as exc:  # noqa: BLE001 - every rank raises it after the exchange
                 own = exc
     second: list[tuple[list[str], str | None, dict[str, Any] | None]] = _gather(
-        dist, (seen, commit, encode_error(own) if own is not None else None), size, group
+        dist, (seen, commit, errors.to_json(own) if own is not None else None), size, group
     )
     if req is not None:
         with contextlib.suppress(OSError):
@@ -525,9 +498,9 @@ def prefetch_distributed(
     if own is not None and (first_error is None or first_error.rank == rank):
         raise own  # the same error the other ranks raise below, with its own traceback
     if first_error is not None:
-        raise decode_error(first_error.error or {}, origin_rank=first_error.rank)
+        raise errors.from_json(first_error.error or {}, origin_rank=first_error.rank)
     if second[0][2] is not None:
-        raise decode_error(second[0][2], origin_rank=0)
+        raise errors.from_json(second[0][2], origin_rank=0)
     assert req is not None  # no error anywhere, so this rank built its request
     commit = second[0][1]
     plan = plan_domains(infos, [s for s, _c, _e in second], cache_scope)

@@ -13,17 +13,16 @@ CUDA out-of-memory, a real config error, no access, no such repo: raised at once
 from __future__ import annotations
 
 import logging
-import random
 import re
-import time
 from collections.abc import Callable, Iterable
 from enum import Enum
 from typing import Any, TypeVar
 
 from . import errors
 from .prefetch import PrefetchResult, Request, is_local_path, listed_path, run
+from .settings import Settings
 
-__all__ = ["LoadFailure", "classify_load_error", "from_pretrained_with_prefetch", "retry_on_missing_shard"]
+__all__ = ["DEFAULT_MAX_ATTEMPTS", "LoadFailure", "classify_load_error", "from_pretrained_with_prefetch"]
 
 logger = logging.getLogger("hub_prefetch.heal")
 T = TypeVar("T")
@@ -58,33 +57,6 @@ def classify_load_error(exc: BaseException) -> tuple[LoadFailure, str | None] | 
     return None
 
 
-def retry_on_missing_shard(
-    load_fn: Callable[..., T],
-    *args: Any,
-    max_attempts: int = DEFAULT_MAX_ATTEMPTS,
-    initial_delay: float = 1.0,
-    max_delay: float = 10.0,
-    sleep: Callable[[float], None] = time.sleep,
-    **kwargs: Any,
-) -> T:
-    """Call ``load_fn(*args, **kwargs)``; retry only the "does not appear to have a file named" shape,
-    with exponential backoff, full jitter and a cap. Anything else is raised at once."""
-    attempt = 0
-    while True:
-        attempt += 1
-        try:
-            return load_fn(*args, **kwargs)
-        except OSError as exc:
-            shape = classify_load_error(exc)
-            if shape is None or shape[0] is not LoadFailure.MISSING_FILE or attempt >= max_attempts:
-                raise
-            delay = random.uniform(0, min(max_delay, initial_delay * 2 ** (attempt - 1)))
-            logger.warning(
-                "missing %s (attempt %d/%d); retrying in %.2f s", shape[1], attempt, max_attempts, delay
-            )
-            sleep(delay)
-
-
 def _prefetch(req: Request, *, force_check: bool) -> PrefetchResult | None:
     try:
         return run(req, force_check=force_check)
@@ -107,6 +79,8 @@ def from_pretrained_with_prefetch(
     local_files_only: bool = False,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
     prefetch_weights: bool = True,
+    settings: Settings | None = None,
+    lock_timeout: float | None = None,
     **from_pretrained_kwargs: Any,
 ) -> T:
     """Call ``factory`` (a bound ``SomeModel.from_pretrained``) on a verified, commit-pinned snapshot.
@@ -117,6 +91,8 @@ def from_pretrained_with_prefetch(
     and a reload, up to ``max_attempts`` loads; everything else is raised at once. Local paths and
     ``local_files_only`` loads raise on the first failure. ``prefetch_weights=False`` fetches configs
     and tokenizer files only, for loaders of configs, tokenizers, processors and schedulers.
+    ``settings`` and ``lock_timeout`` are hub-prefetch's own (see :func:`hub_prefetch.prefetch`); the
+    other keywords go to ``factory``.
     """
     kwargs = dict(from_pretrained_kwargs)
     if subfolder is not None:
@@ -133,6 +109,8 @@ def from_pretrained_with_prefetch(
         token=kwargs.get("token"),
         cache_dir=kwargs.get("cache_dir"),
         weights=prefetch_weights,
+        settings=settings,
+        lock_timeout=lock_timeout,
     )
     result = _prefetch(req, force_check=False)
     offline = True

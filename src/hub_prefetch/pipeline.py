@@ -9,6 +9,7 @@ from typing import Any
 
 from . import errors
 from .prefetch import PrefetchResult, Request, run
+from .settings import Settings
 
 __all__ = ["pipeline_components", "prefetch_pipeline"]
 
@@ -35,17 +36,24 @@ def prefetch_pipeline(
     token: str | bool | None = None,
     local_files_only: bool | None = None,
     deep: bool | None = None,
+    settings: Settings | None = None,
+    lock_timeout: float | None = None,
 ) -> PrefetchResult:
     """Prefetch and verify what ``DiffusionPipeline.from_pretrained(model)`` reads.
 
     ``components`` limits the subfolders (default: every component of ``model_index.json``);
     ``skip`` names components the caller passes in itself, which are not fetched.
     """
-    root = run(
-        Request.build(model, [], revision=revision, token=token, cache_dir=cache_dir),
-        local_files_only=bool(local_files_only),
-        deep=deep,
+    root_req = Request.build(
+        model,
+        [],
+        revision=revision,
+        token=token,
+        cache_dir=cache_dir,
+        settings=settings,
+        lock_timeout=lock_timeout,
     )
+    root = run(root_req, local_files_only=bool(local_files_only), deep=deep)
     try:
         with open(os.path.join(root.snapshot_path, "model_index.json"), encoding="utf-8") as fh:
             model_index = json.load(fh)
@@ -73,7 +81,7 @@ def prefetch_pipeline(
             revision=root.commit,
             variant=variant,
             token=token,
-            cache_dir=cache_dir,
+            settings=root_req.settings,
         ),
         local_files_only=bool(local_files_only),
         deep=deep,

@@ -31,7 +31,7 @@ from huggingface_hub.errors import (
 from . import errors
 from .settings import Settings
 
-__all__ = ["Verdict", "call_with_retries", "classify"]
+__all__ = ["Verdict", "backoff_delay", "call_with_retries", "classify"]
 
 logger = logging.getLogger("hub_prefetch.retry")
 T = TypeVar("T")
@@ -124,6 +124,17 @@ def classify(exc: BaseException, *, what: str) -> Verdict:
     return Verdict(False, exc)
 
 
+def backoff_delay(attempt: int, *, first: float, cap: float, hint: float | None = None) -> float:
+    """The wait before retry number ``attempt`` (1-based): exponential from ``first``, capped at ``cap``,
+    with full jitter. A server's ``hint`` (``Retry-After``) wins, bounded by ``max(cap, 60)`` s.
+
+    The one backoff of hub-prefetch: Hub requests and the loaders' missing-shard retries both use it.
+    """
+    if hint is not None:
+        return min(hint, max(cap, 60.0))
+    return random.uniform(0, min(cap, first * 2 ** (attempt - 1)))
+
+
 def call_with_retries(
     fn: Callable[[], T],
     *,
@@ -147,8 +158,8 @@ def call_with_retries(
                 raise errors.HubUnavailableError(
                     f"{what}: still failing after {attempt} attempts: {exc}", attempts=attempt
                 ) from exc
-            backoff = min(settings.backoff_max, settings.backoff * 2 ** (attempt - 1))
-            delay = verdict.delay if verdict.delay is not None else random.uniform(0, backoff)
-            delay = min(delay, max(settings.backoff_max, 60.0))
+            delay = backoff_delay(
+                attempt, first=settings.backoff, cap=settings.backoff_max, hint=verdict.delay
+            )
             logger.info("%s: %s; retry %d/%d in %.2f s", what, exc, attempt, settings.max_attempts - 1, delay)
             sleep(delay)

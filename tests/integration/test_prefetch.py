@@ -237,7 +237,7 @@ def test_path_like_input_is_refused_before_any_request_or_write(local_hub, hf_ca
 def test_unknown_subfolder_is_one_request_and_a_typed_error(local_hub, hf_cache):
     with pytest.raises(errors.UnknownSubfolderError) as info:
         hub_prefetch.prefetch(SHARDED, ["no_such_part"], cache_dir=hf_cache)
-    assert info.value.subfolders == ["no_such_part"]
+    assert info.value.subfolders == ("no_such_part",)
     assert local_hub.counts() == {"revision": 1, "tree": 0, "head": 0, "get": 0, "other": 0}
 
 

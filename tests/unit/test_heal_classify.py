@@ -5,7 +5,8 @@ import pickle
 import pytest
 
 from hub_prefetch import errors
-from hub_prefetch.heal import LoadFailure, classify_load_error, retry_on_missing_shard
+from hub_prefetch.heal import LoadFailure, classify_load_error
+from hub_prefetch.reference import retry_on_missing_shard
 
 MISSING = OSError(
     "tiny/repo does not appear to have a file named text_encoder/model-00002-of-00002.safetensors. "
@@ -102,7 +103,8 @@ def test_error_tree_roots():
     assert issubclass(errors.LockTimeout, TimeoutError)
     assert issubclass(errors.RepoNotFound, OSError)
     assert issubclass(errors.InvalidRequestError, ValueError)
-    assert all(issubclass(getattr(errors, n), errors.HubPrefetchError) for n in errors.__all__)
+    classes = [getattr(errors, n) for n in errors.__all__ if isinstance(getattr(errors, n), type)]
+    assert len(classes) == 15 and all(issubclass(c, errors.HubPrefetchError) for c in classes)
 
 
 def test_cache_miss_of_a_pinned_offline_load_is_the_missing_file_shape():
@@ -111,3 +113,25 @@ def test_cache_miss_of_a_pinned_offline_load_is_the_missing_file_shape():
         "cached files.\nCheck your internet connection or see how to run the library in offline mode."
     )
     assert classify_load_error(exc) == (LoadFailure.MISSING_FILE, None)
+
+
+def test_retry_on_missing_shard_waits_by_the_one_backoff_setting(monkeypatch):
+    monkeypatch.setenv("HUB_PREFETCH_BACKOFF", "0.25")
+    monkeypatch.setenv("HUB_PREFETCH_BACKOFF_MAX", "0.5")
+    sleeps: list[float] = []
+
+    def load():
+        raise MISSING
+
+    with pytest.raises(OSError, match="does not appear"):
+        retry_on_missing_shard(load, max_attempts=6, sleep=sleeps.append)
+    # Full jitter under a cap that doubles from HUB_PREFETCH_BACKOFF up to HUB_PREFETCH_BACKOFF_MAX.
+    assert len(sleeps) == 5 and sleeps[0] <= 0.25 and all(0 <= s <= 0.5 for s in sleeps), sleeps
+
+
+def test_unknown_facts_are_refused_and_declared_ones_are_attributes():
+    with pytest.raises(TypeError):
+        errors.CacheWriteError("x", lock_path="/nope")  # type: ignore[call-arg]
+    exc = errors.CacheWriteError("x", path="/c", errno=28, repo_id="o/m")
+    assert (exc.path, exc.errno, exc.repo_id, exc.revision) == ("/c", 28, "o/m", None)
+    assert exc.facts == {"path": "/c", "errno": 28, "repo_id": "o/m"}

@@ -84,7 +84,7 @@ def test_empty_subfolders_means_root_metadata_only():
 def test_unknown_subfolder_is_a_typed_error():
     with pytest.raises(UnknownSubfolderError) as info:
         _select(SHARDED, ["text_encoder", "nope"])
-    assert info.value.subfolders == ["nope"]
+    assert info.value.subfolders == ("nope",)
     assert isinstance(info.value, ValueError)
 
 

@@ -1,0 +1,110 @@
+"""Downloading and repairing the files of one snapshot, under the repo lock.
+
+Each file comes through huggingface_hub's ``hf_hub_download`` pinned to the commit, with our bounded
+retries around it; files are fetched in parallel (``HUB_PREFETCH_DOWNLOAD_WORKERS``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from huggingface_hub import hf_hub_download
+
+from ..retry import call_with_retries
+from ..verify import ExpectedFile, Problem, check_files, clean_orphan_temps
+from .request import Request
+
+__all__ = ["Fetcher", "clean_temps", "remove_entry"]
+
+logger = logging.getLogger("hub_prefetch.prefetch")
+
+
+def remove_entry(snapshot: Path, path: str, *, blob_too: bool) -> None:
+    """Drop a snapshot entry (and its blob when the blob's content is wrong) so it is fetched again."""
+    target = snapshot / path
+    with contextlib.suppress(OSError):
+        if blob_too and target.is_symlink():
+            blob = target.resolve()
+            with contextlib.suppress(FileNotFoundError):
+                blob.unlink()
+        target.unlink()
+
+
+def clean_temps(req: Request, *, kernel_locks: bool) -> None:
+    """Remove temp files of dead or failed writers (call it holding the repo lock).
+
+    Where kernel locks cannot be trusted, a temp file must also be older than a lease TTL.
+    """
+    s = req.settings
+    min_age = 0.0 if kernel_locks else s.lease_ttl
+    clean_orphan_temps(s.cache_dir, req.repo_type, req.repo_id, min_age_s=min_age)
+
+
+def _download(req: Request, commit: str, path: str) -> None:
+    s = req.settings
+    call_with_retries(
+        lambda: hf_hub_download(
+            req.repo_id,
+            path,
+            repo_type=req.repo_type,
+            revision=commit,
+            cache_dir=str(s.cache_dir),
+            endpoint=s.endpoint,
+            token=req.token,
+        ),
+        what=f"{req.repo_id}@{commit[:12]}/{path}",
+        settings=s,
+    )
+
+
+class Fetcher:
+    """Downloads what is missing or wrong in one snapshot, in parallel, and keeps the tally."""
+
+    def __init__(self, req: Request, commit: str, listing: dict[str, ExpectedFile]) -> None:
+        self.req, self.commit, self.listing = req, commit, listing
+        self.snapshot = req.snapshot(commit)
+        self.downloaded: list[str] = []
+        self.bytes = 0
+        self._lock = threading.Lock()
+
+    def ensure(self, paths: Sequence[str]) -> None:
+        """Fetch every path that is missing, dangling or of the wrong size."""
+        todo = [p for p in paths if check_files(self.snapshot, [self.listing[p]], deep=False)]
+        for p in todo:
+            problem = check_files(self.snapshot, [self.listing[p]], deep=False)
+            if problem and problem[0].kind == "size":
+                remove_entry(self.snapshot, p, blob_too=True)
+        workers = max(1, min(self.req.settings.download_workers, len(todo)))
+        if workers == 1:
+            for p in todo:
+                self._one(p)
+            return
+        with ThreadPoolExecutor(workers, thread_name_prefix="hub_prefetch") as pool:
+            for future in [pool.submit(self._one, p) for p in todo]:
+                future.result()
+
+    def repair(self, problems: Sequence[Problem]) -> list[str]:
+        """Drop every entry ``problems`` names (and the blob, when its content is wrong), fetch again."""
+        for problem in problems:
+            logger.warning(
+                "%s: repairing %s (%s: %s)", self.req.label, problem.path, problem.kind, problem.detail
+            )
+            remove_entry(self.snapshot, problem.path, blob_too=problem.kind in ("size", "hash"))
+        self.ensure([p.path for p in problems])
+        return [p.path for p in problems]
+
+    def _one(self, path: str) -> None:
+        _download(self.req, self.commit, path)
+        with self._lock:
+            self.downloaded.append(path)
+            self.bytes += self.listing[path].size or 0
+
+    def read(self, path: str) -> bytes:
+        """The bytes of one file of the snapshot, fetched first if needed (index files, for selection)."""
+        self.ensure([path])
+        return (self.snapshot / path).read_bytes()

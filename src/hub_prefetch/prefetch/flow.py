@@ -1,0 +1,234 @@
+"""The flow of one request: warm check -> lock -> resolve once -> select -> fetch -> verify -> stamp.
+
+The warm path reads two small JSON side files and ``stat``s each selected file: no lock, no network.
+Everything else happens under the repo lock, so one process per cache downloads while the others
+wait and then take the warm path. Correctness does not rest on the lock: huggingface_hub writes blobs
+atomically, and we verify what is on disk before we stamp it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import Callable
+
+from huggingface_hub import HfApi
+
+from .. import cache, errors
+from ..hfpatch import replace_blob_locks
+from ..lock import RepoLock
+from ..retry import call_with_retries
+from ..select import Selection, select_files
+from ..verify import ExpectedFile, check_files, sizes_hold
+from .fetch import Fetcher, clean_temps
+from .request import Request
+from .result import PrefetchResult
+from .sidefiles import (
+    fetch_listing,
+    known_commit,
+    mark_absent,
+    read_listing,
+    read_stamp,
+    record_revision,
+    write_stamp,
+)
+
+__all__ = ["run", "select", "try_warm"]
+
+
+def _result(
+    req: Request,
+    commit: str,
+    sizes: dict[str, int],
+    *,
+    started: float,
+    warm: bool,
+    fetcher: Fetcher | None = None,
+    repaired: list[str] | None = None,
+    waited: float = 0.0,
+) -> PrefetchResult:
+    return PrefetchResult(
+        repo_id=req.repo_id,
+        repo_type=req.repo_type,
+        revision=req.revision,
+        commit=commit,
+        snapshot_path=str(req.snapshot(commit)),
+        files=tuple(sorted(sizes)),
+        bytes_total=sum(sizes.values()),
+        bytes_downloaded=fetcher.bytes if fetcher else 0,
+        downloaded=tuple(sorted(fetcher.downloaded)) if fetcher else (),
+        repaired=tuple(sorted(repaired or ())),
+        warm=warm,
+        waited_s=waited,
+        elapsed_s=time.monotonic() - started,
+    )
+
+
+def try_warm(req: Request, *, deep: bool, any_age: bool, started: float) -> PrefetchResult | None:
+    """The result of a verified stamp that still holds (stats only), or None."""
+    commit = known_commit(req, any_age=any_age)
+    if commit is None:
+        return None
+    sizes = read_stamp(req, commit, deep=deep)
+    if sizes is None or not sizes_hold(req.snapshot(commit), sizes):
+        return None
+    return _result(req, commit, sizes, started=started, warm=True)
+
+
+def select(req: Request, listing: dict[str, ExpectedFile], read: Callable[[str], bytes]) -> Selection:
+    """The files ``req`` needs from a commit's listing; ``read`` gives an index file's bytes."""
+    return select_files(
+        listing,
+        req.subfolders,
+        load_index=read,
+        variant=req.variant,
+        all_files=req.all_files,
+        include_root_metadata=req.include_root_metadata or not req.subfolders,
+        weights=req.weights,
+    )
+
+
+def _offline(req: Request, *, deep: bool, started: float) -> PrefetchResult:
+    """Offline and not warm: verify what the disk has against a recorded listing, or say why not."""
+    commit = known_commit(req, any_age=True)
+    listing = read_listing(req, commit) if commit else None
+    if commit is None or listing is None:
+        raise errors.OfflineCacheMissError(
+            f"{req.label}: offline (HF_HUB_OFFLINE or local_files_only) and this cache has no verified "
+            "snapshot of it; run once online, or `hub-prefetch warm` it",
+            repo_id=req.repo_id,
+            revision=req.revision,
+        )
+    snapshot = req.snapshot(commit)
+
+    def read_local(path: str) -> bytes:
+        try:
+            return (snapshot / path).read_bytes()
+        except OSError as exc:
+            raise errors.OfflineCacheMissError(f"{req.label}: offline and {path} is not cached") from exc
+
+    selection = select(req, listing, read_local)
+    problems = check_files(snapshot, [listing[p] for p in selection.files], deep=deep)
+    if problems:
+        raise errors.OfflineCacheMissError(
+            f"{req.label}: offline and the cached snapshot is incomplete: "
+            + ", ".join(f"{p.path} ({p.kind})" for p in problems[:5]),
+            missing=[p.path for p in problems],
+        )
+    sizes = {p: int(listing[p].size or 0) for p in selection.files}
+    with contextlib.suppress(errors.CacheWriteError):
+        write_stamp(req, commit, sizes, deep=deep)
+    return _result(req, commit, sizes, started=started, warm=True)
+
+
+def _locked(req: Request, lock: RepoLock, *, deep: bool, started: float, waited: float) -> PrefetchResult:
+    """The download itself, holding the repo lock."""
+    commit = known_commit(req, any_age=False)
+    listing = read_listing(req, commit) if commit else None
+    if listing is None or commit is None:
+        commit, listing = fetch_listing(req, commit or req.revision)
+    record_revision(req, commit)
+    fetcher = Fetcher(req, commit, listing)
+    clean_temps(req, kernel_locks=lock.backend == "flock")
+    if lock.probe_reason.startswith("flock raises"):
+        replace_blob_locks()
+    selection = select(req, listing, fetcher.read)
+    fetcher.ensure(selection.files)
+    expected = [listing[p] for p in selection.files]
+    problems = check_files(req.snapshot(commit), expected, deep=deep)
+    repaired: list[str] = []
+    if problems:
+        repaired = fetcher.repair(problems)
+        problems = check_files(req.snapshot(commit), expected, deep=deep)
+        if problems:
+            raise errors.IncompleteSnapshotError(
+                f"{req.label}: snapshot still incomplete after repair: "
+                + ", ".join(f"{p.path} ({p.kind})" for p in problems[:5]),
+                problems=[f"{p.path}: {p.kind}" for p in problems],
+            )
+    sizes = {p: int(listing[p].size or 0) for p in selection.files}
+    mark_absent(req, commit, listing)
+    write_stamp(req, commit, sizes, deep=deep)
+    return _result(
+        req, commit, sizes, started=started, warm=False, fetcher=fetcher, repaired=repaired, waited=waited
+    )
+
+
+def _unwritable(req: Request, exc: errors.CacheWriteError, *, deep: bool, started: float) -> PrefetchResult:
+    """A cache we cannot write (read-only mount, no permission): serve a verified snapshot if the
+    revision still points at it, with zero writes; otherwise say why nothing can be done."""
+    commit = known_commit(req, any_age=True)
+    sizes = read_stamp(req, commit, deep=deep) if commit else None
+    if commit is None or sizes is None or not sizes_hold(req.snapshot(commit), sizes):
+        raise exc
+    if not cache.is_commit_hash(req.revision):
+        api = HfApi(endpoint=req.settings.endpoint, token=req.token)
+        info = call_with_retries(
+            lambda: api.repo_info(req.repo_id, repo_type=req.repo_type, revision=req.revision),
+            what=req.label,
+            settings=req.settings,
+        )
+        if info.sha != commit:
+            raise errors.CacheWriteError(
+                f"{req.label} now points at {info.sha}, but the cache (not writable: {exc}) holds {commit}",
+                cached_commit=commit,
+                current_commit=info.sha,
+            ) from exc
+    return _result(req, commit, sizes, started=started, warm=True)
+
+
+def run(
+    req: Request, *, local_files_only: bool = False, deep: bool | None = None, force_check: bool = False
+) -> PrefetchResult:
+    """The whole flow for a validated request (strict: typed errors).
+
+    ``force_check`` skips the warm path and checks every file under the lock (``repair``).
+    """
+    started = time.monotonic()
+    deep = req.settings.deep_verify if deep is None else deep
+    offline = local_files_only or req.settings.offline
+    if not force_check:
+        warm = try_warm(req, deep=deep, any_age=offline, started=started)
+        if warm is not None:
+            return warm
+    if offline:
+        return _offline(req, deep=deep, started=started)
+    lock = RepoLock(
+        req.settings.cache_dir,
+        req.repo_id,
+        repo_type=req.repo_type,
+        revision=req.revision,
+        settings=req.settings,
+    )
+    t0 = time.monotonic()
+    seen: list[PrefetchResult] = []
+
+    def peer_finished() -> bool:
+        # Checked at every poll of the lock: when the holder's stamp appears, every waiter leaves at
+        # once without queueing for the lock just to find nothing left to do.
+        warm = None if force_check else try_warm(req, deep=deep, any_age=False, started=started)
+        if warm is not None:
+            seen.append(warm)
+        return warm is not None
+
+    try:
+        held = lock.acquire_unless(peer_finished)
+    except errors.CacheWriteError as exc:
+        return _unwritable(req, exc, deep=deep, started=started)
+    if not held:
+        return dataclasses.replace(seen[-1], waited_s=time.monotonic() - t0)
+    with contextlib.ExitStack() as stack:
+        stack.callback(lock.release)
+        waited = time.monotonic() - t0
+        if not force_check:
+            warm = try_warm(req, deep=deep, any_age=False, started=started)
+            if warm is not None:
+                return dataclasses.replace(warm, waited_s=waited)
+        try:
+            return _locked(req, lock, deep=deep, started=started, waited=waited)
+        except Exception:
+            # huggingface_hub < 1.18 keeps a failed download's `<etag>.incomplete`: on a full disk that is
+            # the very space the next attempt needs, and nobody else would remove it until then.
+            clean_temps(req, kernel_locks=lock.backend == "flock")
+            raise
