@@ -37,8 +37,12 @@ def strict_path(settings: hub_prefetch.Settings) -> None:
     assert_type(report, hub_prefetch.VerifyReport)
     assert_type(report.ok, bool)
     assert_type(hub_prefetch.repair("org/model", lock_timeout=1), hub_prefetch.PrefetchResult)
-    assert_type(hub_prefetch.prefetch_pipeline("org/pipe", ["unet"], skip=["vae"]), hub_prefetch.PrefetchResult)
-    assert_type(hub_prefetch.prefetch_distributed("org/model", cache_scope="node"), hub_prefetch.PrefetchResult)
+    assert_type(
+        hub_prefetch.prefetch_pipeline("org/pipe", ["unet"], skip=["vae"]), hub_prefetch.PrefetchResult
+    )
+    assert_type(
+        hub_prefetch.prefetch_distributed("org/model", cache_scope="node"), hub_prefetch.PrefetchResult
+    )
     hub_prefetch.prefetch("org/model", cache="x")  # type: ignore[call-arg]
     hub_prefetch.prefetch_distributed("org/model", cache_scope="cluster")  # type: ignore[arg-type]
 
