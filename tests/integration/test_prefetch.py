@@ -318,3 +318,18 @@ def test_loads_the_real_weights_from_the_verified_snapshot(local_hub, built_repo
     )
     assert tensor_fingerprint(model) == built_repos["sharded"].fingerprint
     assert model.name_or_path == SHARDED
+
+
+def test_revision_record_is_renewed_only_by_a_real_hub_answer(local_hub, warm, hf_cache):
+    from hub_prefetch.cache import listing_path, read_json, revision_record_path
+
+    record = revision_record_path(hf_cache, "model", SHARDED, "main")
+    resolved_at = read_json(record)["resolved_at"]
+    # A new selection and a repair under a fresh record: neither asks the Hub about `main`...
+    listing_path(hf_cache, "model", SHARDED, warm.commit).unlink()
+    hub_prefetch.prefetch(SHARDED, ["tokenizer"], cache_dir=hf_cache)
+    hub_prefetch.repair(SHARDED, [SUB], cache_dir=hf_cache)
+    assert local_hub.counts()["revision"] == 1  # the missing listing, fetched by commit
+    assert [r.revision for r in local_hub.requests() if r.kind == "revision"] == [warm.commit]
+    # ... so neither may pretend it did: a branch that moved is still noticed when the record expires.
+    assert read_json(record)["resolved_at"] == resolved_at

@@ -125,10 +125,11 @@ def _offline(req: Request, *, deep: bool, started: float) -> PrefetchResult:
 def _locked(req: Request, lock: RepoLock, *, deep: bool, started: float, waited: float) -> PrefetchResult:
     """The download itself, holding the repo lock."""
     commit = known_commit(req, any_age=False)
-    listing = read_listing(req, commit) if commit else None
-    if listing is None or commit is None:
-        commit, listing = fetch_listing(req, commit or req.revision)
-    record_revision(req, commit)
+    if commit is None:
+        commit, listing = fetch_listing(req, req.revision)
+        record_revision(req, commit)  # only a real answer about the branch renews its record
+    else:
+        listing = read_listing(req, commit) or fetch_listing(req, commit)[1]
     fetcher = Fetcher(req, commit, listing)
     clean_temps(req, kernel_locks=lock.backend == "flock")
     if lock.probe_reason.startswith("flock raises"):
