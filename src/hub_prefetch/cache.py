@@ -59,6 +59,7 @@ _LAYOUT_PART_RE = re.compile(r"^(?:(?:models|datasets|spaces)--.+|\.locks)$")
 #: Group may read and write, others may read; our files live in a cache a team may share.
 SHARED_FILE_MODE = 0o664
 SHARED_DIR_MODE = 0o2775
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 def is_commit_hash(revision: str) -> bool:
@@ -183,9 +184,22 @@ def ensure_dir(path: Path) -> None:
     except OSError as exc:
         raise CacheWriteError(f"cannot create {path}: {exc.strerror or exc}", path=str(path)) from exc
     for folder in [*(c for c in reversed(created) if _in_layout(c)), path]:
-        with contextlib.suppress(OSError):
-            if folder.stat().st_mode & 0o7777 != SHARED_DIR_MODE and os.access(folder, os.W_OK):
-                folder.chmod(SHARED_DIR_MODE)
+        _share_dir(folder)
+
+
+def _share_dir(folder: Path) -> None:
+    """Give a folder the shared mode; a link in its place is left alone, never followed."""
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | _NOFOLLOW)
+    except OSError:
+        return  # a planted link (ELOOP / ENOTDIR), or gone: nothing of ours to change
+    try:
+        if os.fstat(fd).st_mode & 0o7777 != SHARED_DIR_MODE:
+            os.fchmod(fd, SHARED_DIR_MODE)
+    except OSError:
+        pass  # another user's folder: theirs to share
+    finally:
+        os.close(fd)
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:

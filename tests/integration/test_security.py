@@ -116,6 +116,52 @@ def test_a_forged_stamp_behind_a_link_is_not_trusted(local_hub, hf_cache, tmp_pa
     assert not stamp.is_symlink()
 
 
+# -- nothing outside the cache is removed or chmodded ------------------------------------------------
+
+SHARD2 = f"{SUB}/model-00002-of-00003.safetensors"
+
+
+@pytest.mark.parametrize("how", ["prefetch", "repair"])
+def test_a_snapshot_link_out_of_the_cache_never_gets_its_target_deleted(local_hub, hf_cache, tmp_path, how):
+    warm = hub_prefetch.prefetch(SHARDED, [SUB], cache_dir=hf_cache)
+    entry = Path(warm.snapshot_path) / SHARD2
+    victim = tmp_path / "precious.safetensors"
+    victim.write_bytes(b"not a shard, and someone else's")  # the wrong size: a repair wants it gone
+    entry.unlink()
+    entry.symlink_to(victim)
+    getattr(hub_prefetch, how)(SHARDED, [SUB], cache_dir=hf_cache)
+    assert victim.read_bytes() == b"not a shard, and someone else's"
+    assert hub_prefetch.verify(SHARDED, [SUB], cache_dir=hf_cache, deep=True).ok
+
+
+def test_a_snapshot_folder_link_out_of_the_cache_never_gets_files_deleted_there(
+    local_hub, hf_cache, tmp_path
+):
+    warm = hub_prefetch.prefetch(SHARDED, [SUB], cache_dir=hf_cache)
+    folder = Path(warm.snapshot_path) / SUB
+    outside = tmp_path / "outside"
+    shutil.copytree(folder, outside, symlinks=False)
+    victim = outside / Path(SHARD2).name
+    victim.write_bytes(b"truncated, but not ours to delete")
+    shutil.rmtree(folder)
+    folder.symlink_to(outside, target_is_directory=True)
+    with pytest.raises(errors.IncompleteSnapshotError):
+        hub_prefetch.repair(SHARDED, [SUB], cache_dir=hf_cache)
+    assert victim.read_bytes() == b"truncated, but not ours to delete"
+
+
+def test_a_folder_link_out_of_the_cache_is_never_chmodded(local_hub, built_repos, hf_cache, tmp_path):
+    commit = built_repos["sharded"].commit
+    stamps = _side_files(hf_cache, commit)["stamp"].parent
+    outside = tmp_path / "private"
+    outside.mkdir(mode=0o700)
+    os.chmod(outside, 0o700)
+    stamps.parent.mkdir(parents=True, exist_ok=True)
+    stamps.symlink_to(outside, target_is_directory=True)
+    hub_prefetch.prefetch(SHARDED, [SUB], cache_dir=hf_cache)
+    assert stat.S_IMODE(outside.stat().st_mode) == 0o700
+
+
 # -- tokens never leak ------------------------------------------------------------------------------
 
 

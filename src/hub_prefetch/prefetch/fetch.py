@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import stat
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from huggingface_hub import hf_hub_download
 
+from ..cache import blobs_dir
 from ..retry import call_with_retries
 from ..verify import ExpectedFile, Problem, check_files, clean_orphan_temps
 from .request import Request
@@ -24,15 +27,35 @@ __all__ = ["Fetcher", "clean_temps", "remove_entry"]
 logger = logging.getLogger("hub_prefetch.prefetch")
 
 
-def remove_entry(snapshot: Path, path: str, *, blob_too: bool) -> None:
-    """Drop a snapshot entry (and its blob when the blob's content is wrong) so it is fetched again."""
+def _inside(path: str, folder: Path) -> bool:
+    real = os.path.realpath(folder)
+    return os.path.commonpath([path, real]) == real
+
+
+def remove_entry(snapshot: Path, path: str, *, blobs: Path, blob_too: bool) -> None:
+    """Drop a snapshot entry (and its blob when the blob's content is wrong) so it is fetched again.
+
+    Never follows a link to delete: the entry goes only when its folder really is inside the snapshot,
+    and a blob only when the entry's link resolves to a regular file in this repo's ``blobs/``. In a
+    group-writable shared cache a planted link must not make us delete a file outside the cache.
+    """
     target = snapshot / path
+    if not _inside(os.path.realpath(target.parent), snapshot):
+        logger.warning("not removing %s: its folder leads out of the snapshot", target)
+        return
+    try:
+        st = os.lstat(target)
+    except OSError:
+        return
+    if blob_too and stat.S_ISLNK(st.st_mode):
+        blob = os.path.realpath(target)
+        with contextlib.suppress(OSError):
+            if os.path.dirname(blob) == os.path.realpath(blobs) and stat.S_ISREG(os.lstat(blob).st_mode):
+                os.unlink(blob)
+            else:
+                logger.warning("not removing %s (linked from %s): not a blob of this repo", blob, target)
     with contextlib.suppress(OSError):
-        if blob_too and target.is_symlink():
-            blob = target.resolve()
-            with contextlib.suppress(FileNotFoundError):
-                blob.unlink()
-        target.unlink()
+        os.unlink(target)  # a link itself, or a plain file where symlinks are off: never followed
 
 
 def clean_temps(req: Request, *, kernel_locks: bool) -> None:
@@ -68,6 +91,7 @@ class Fetcher:
     def __init__(self, req: Request, commit: str, listing: dict[str, ExpectedFile]) -> None:
         self.req, self.commit, self.listing = req, commit, listing
         self.snapshot = req.snapshot(commit)
+        self.blobs = blobs_dir(req.settings.cache_dir, req.repo_type, req.repo_id)
         self.downloaded: list[str] = []
         self.bytes = 0
         self._lock = threading.Lock()
@@ -78,7 +102,7 @@ class Fetcher:
         for p in todo:
             problem = check_files(self.snapshot, [self.listing[p]], deep=False)
             if problem and problem[0].kind == "size":
-                remove_entry(self.snapshot, p, blob_too=True)
+                remove_entry(self.snapshot, p, blobs=self.blobs, blob_too=True)
         workers = max(1, min(self.req.settings.download_workers, len(todo)))
         if workers == 1:
             for p in todo:
@@ -94,7 +118,9 @@ class Fetcher:
             logger.warning(
                 "%s: repairing %s (%s: %s)", self.req.label, problem.path, problem.kind, problem.detail
             )
-            remove_entry(self.snapshot, problem.path, blob_too=problem.kind in ("size", "hash"))
+            remove_entry(
+                self.snapshot, problem.path, blobs=self.blobs, blob_too=problem.kind in ("size", "hash")
+            )
         self.ensure([p.path for p in problems])
         return [p.path for p in problems]
 
