@@ -55,7 +55,8 @@ class HostIdentity:
 
     @classmethod
     def local(cls, host_id: str | None = None) -> HostIdentity:
-        host = host_id or os.environ.get("HUB_PREFETCH_HOST_ID") or socket.gethostname()
+        """This process's identity; ``host_id`` (``Settings.host_id``) names the host, else its host name."""
+        host = host_id or socket.gethostname()
         boot_id = None
         with contextlib.suppress(OSError):
             boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None

@@ -480,7 +480,6 @@ def prefetch_distributed(
             deep=deep,
         )
     dist, rank, size = world
-    me = HostIdentity.local()
     token_ = secrets.token_hex(16)
     req: Request | None = None
     own: Exception | None = None
@@ -501,6 +500,7 @@ def prefetch_distributed(
         cache.atomic_write_bytes(_probe_dir(req.settings.cache_dir) / token_, b"")
     except Exception as exc:  # noqa: BLE001 - every rank raises it after the exchange
         own = exc
+    me = HostIdentity.local(req.settings.host_id if req is not None else None)
     # Every rank enters both exchanges, even one whose request is bad: leaving early would hang the rest.
     mine = RankInfo(rank, me.host, realpath, token_, encode_error(own) if own is not None else None)
     infos: list[RankInfo] = _gather(dist, mine, size, group)

@@ -265,7 +265,7 @@ class RepoLock:
         if self.lease_ttl <= 0:
             raise InvalidRequestError(f"lease ttl must be positive, got {self.lease_ttl}")
         self.wait_log_interval = max(float(s.wait_log_interval), 0.01)
-        self.identity = HostIdentity.local(host_id)
+        self.identity = HostIdentity.local(host_id or s.host_id)
         digest = key_hash(self.repo_type, self.repo_id, self.revision)
         self.lock_dir = lock_dir(self.cache_dir)
         self.path = self.lock_dir / f"{digest}.lock"
@@ -541,9 +541,12 @@ def repo_lock(cache_dir: str | Path, repo_id: str, **kw: Any) -> RepoLock:
 
 
 def list_locks(cache_dir: str | Path, *, host_id: str | None = None) -> list[LockInfo]:
-    """Every repo lock file in a cache with its holder and whether it is stale (``hub-prefetch locks``)."""
+    """Every repo lock file in a cache with its holder and whether it is stale (``hub-prefetch locks``).
+
+    ``host_id`` names this host as lock records do (default: ``Settings.from_env().host_id``).
+    """
     folder = lock_dir(Path(cache_dir).expanduser())
-    me = HostIdentity.local(host_id)
+    me = HostIdentity.local(host_id or Settings.from_env().host_id)
     try:
         names = sorted(os.listdir(folder))
     except FileNotFoundError:
