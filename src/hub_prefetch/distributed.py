@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import cache, errors
-from ._lease import HolderInfo, HostIdentity, dead_reason, process_start_time
+from .lock import HolderInfo, HostIdentity, dead_reason, process_start_time
 from .prefetch import (
     PrefetchResult,
     Request,

@@ -449,7 +449,7 @@ def _locked_prefetch(
     _record_revision(req, commit)
     fetcher = _Fetcher(req, commit, listing)
     _clean_temps(req, lock)
-    if lock.probe_reason.startswith("flock raises"):
+    if lock.probe.flock_raises:
         _replace_blob_locks()
     selection = _select(req, listing, fetcher.read)
     fetcher.ensure(selection.files)

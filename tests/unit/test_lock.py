@@ -18,19 +18,19 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hub_prefetch import _fsprobe
-from hub_prefetch._lease import HolderInfo, encode_record
 from hub_prefetch.errors import CacheWriteError, LockTimeout
-from hub_prefetch.lock import RepoLock, list_locks, probe_backend, repo_lock
+from hub_prefetch.lock import HolderInfo, RepoLock, clear_probe_cache, list_locks, probe_filesystem, repo_lock
+from hub_prefetch.lock import probe as fsprobe
+from hub_prefetch.lock.identity import encode_record
 
 BACKENDS = ["flock", "lease"]
 
 
 @pytest.fixture(autouse=True)
 def _fresh_probe():
-    _fsprobe.clear_probe_cache()
+    clear_probe_cache()
     yield
-    _fsprobe.clear_probe_cache()
+    clear_probe_cache()
 
 
 # -- keys and paths ----------------------------------------------------------------------------------
@@ -87,9 +87,18 @@ def test_settings_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.
 
 # -- the probe ---------------------------------------------------------------------------------------
 def test_probe_picks_flock_on_a_local_filesystem(tmp_path: Path) -> None:
-    backend, reason = probe_backend(tmp_path)
-    assert backend == "flock", reason
-    assert RepoLock(tmp_path, "org/m").backend == "flock"
+    probe = probe_filesystem(tmp_path)
+    assert probe.backend == "flock", probe.reason
+    assert (probe.flock_works, probe.flock_excludes, probe.flock_error, probe.network_fs) == (
+        True,
+        True,
+        None,
+        False,
+    )
+    assert not probe.flock_raises
+    lock = RepoLock(tmp_path, "org/m")
+    assert lock.backend == "flock" and lock.probe == probe_filesystem(lock.lock_dir)
+    assert RepoLock(tmp_path, "org/m", backend="lease").probe.reason == "requested"
     assert list(tmp_path.iterdir()) == [tmp_path / ".locks"]  # the probe file is gone
 
 
@@ -103,20 +112,22 @@ def test_probe_picks_the_lease_when_flock_raises(
         raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(fcntl, "flock", broken)
-    backend, reason = probe_backend(tmp_path)
-    assert backend == "lease"
-    assert errno.errorcode[code] in reason
+    probe = probe_filesystem(tmp_path)
+    assert probe.backend == "lease" and probe.flock_raises and probe.flock_works is False
+    assert errno.errorcode[code] in probe.reason
+    if code != errno.EACCES:  # EACCES is contention to every flock caller; here nobody else holds the file
+        assert probe.flock_error == errno.errorcode[code]
     lock = RepoLock(tmp_path, "org/m")
     with lock:
-        assert lock.backend == "lease" and lock.lease_path.exists()
+        assert lock.backend == "lease" and lock.lease_path.exists() and lock.probe.flock_raises
     assert not lock.lease_path.exists()
 
 
 def test_probe_detects_a_silent_no_op_flock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fcntl, "flock", lambda fd, op: None)
-    backend, reason = probe_backend(tmp_path)
-    assert backend == "lease"
-    assert "no-op" in reason
+    probe = probe_filesystem(tmp_path)
+    assert probe.backend == "lease" and "no-op" in probe.reason
+    assert (probe.flock_works, probe.flock_excludes, probe.flock_raises) == (True, False, False)
 
 
 def test_forced_flock_where_it_raises_is_a_clear_error(
@@ -134,28 +145,30 @@ def test_forced_flock_where_it_raises_is_a_clear_error(
 def test_network_filesystems_get_the_lease(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, magic: int, name: str
 ) -> None:
-    monkeypatch.setattr(_fsprobe, "_statfs_type", lambda path: magic)
-    monkeypatch.setattr(_fsprobe, "_mountinfo_type", lambda path: None)
-    backend, reason = probe_backend(tmp_path)
-    assert backend == "lease" and name in reason and "other hosts" in reason
+    monkeypatch.setattr(fsprobe, "_statfs_type", lambda path: magic)
+    monkeypatch.setattr(fsprobe, "_mountinfo_type", lambda path: None)
+    probe = probe_filesystem(tmp_path)
+    assert probe.backend == "lease" and name in probe.reason and "other hosts" in probe.reason
+    assert (probe.network_fs, probe.fs_type, probe.flock_raises) == (True, name, False)
 
 
 @pytest.mark.parametrize("fstype", ["nfs4", "fuse.sshfs", "cifs", "lustre", "gpfs", "ceph"])
 def test_network_filesystems_by_mountinfo_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fstype: str
 ) -> None:
-    monkeypatch.setattr(_fsprobe, "_statfs_type", lambda path: None)
-    monkeypatch.setattr(_fsprobe, "_mountinfo_type", lambda path: fstype)
-    assert probe_backend(tmp_path) == (
+    monkeypatch.setattr(fsprobe, "_statfs_type", lambda path: None)
+    monkeypatch.setattr(fsprobe, "_mountinfo_type", lambda path: fstype)
+    probe = probe_filesystem(tmp_path)
+    assert (probe.backend, probe.reason) == (
         "lease",
         f"network filesystem {fstype}: a node-local flock does not exclude other hosts",
     )
 
 
 def test_filesystem_type_of_a_real_folder_is_read() -> None:
-    name, remote = _fsprobe.filesystem_type(Path("/proc"))
+    name, remote = fsprobe.filesystem_type(Path("/proc"))
     assert name == "proc" and remote is False
-    assert _fsprobe._statfs_type(Path("/proc")) == 0x9FA0  # PROC_SUPER_MAGIC
+    assert fsprobe._statfs_type(Path("/proc")) == 0x9FA0  # PROC_SUPER_MAGIC
 
 
 # -- threads and re-entry ----------------------------------------------------------------------------
