@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import pickle
+import socket
 import stat
 import subprocess
 import threading
@@ -25,9 +26,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hub_prefetch.errors import CacheWriteError, LockTimeout
-from hub_prefetch.lock import HolderInfo, RepoLock, clear_probe_cache, list_locks, probe_filesystem, repo_lock
+from hub_prefetch.lock import (
+    HolderInfo,
+    HostIdentity,
+    RepoLock,
+    clear_probe_cache,
+    list_locks,
+    probe_filesystem,
+    repo_lock,
+)
 from hub_prefetch.lock import probe as fsprobe
 from hub_prefetch.lock.identity import encode_record
+from hub_prefetch.settings import Settings
 
 BACKENDS = ["flock", "lease"]
 
@@ -152,6 +162,10 @@ def test_settings_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("HUB_PREFETCH_HOST_ID", "node-17")
     lock = RepoLock(tmp_path, "org/m")
     assert (lock.backend, lock.timeout, lock.lease_ttl, lock.identity.host) == ("lease", 7.5, 3.0, "node-17")
+    # the variable is read in Settings, nowhere else: HostIdentity takes the name from its caller
+    assert HostIdentity.local().host == socket.gethostname()
+    given = Settings.from_env(cache_dir=tmp_path).replace(host_id="node-3")
+    assert RepoLock(tmp_path, "org/m", settings=given).identity.host == "node-3"
     explicit = RepoLock(tmp_path, "org/m", backend="flock", timeout=1, lease_ttl=9, host_id="h")
     assert (explicit.backend, explicit.timeout, explicit.lease_ttl, explicit.identity.host) == (
         "flock",
@@ -357,8 +371,6 @@ def test_timeout_is_typed_picklable_and_names_the_holder(tmp_path: Path, backend
 
 
 def test_wait_is_logged_at_a_steady_cadence(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from hub_prefetch.settings import Settings
-
     clock = FakeClock()
     s = Settings.from_env(cache_dir=tmp_path).replace(wait_log_interval=0.1)
     holder = RepoLock(tmp_path, "org/m", backend="lease", settings=s, clock=clock)
