@@ -38,13 +38,16 @@ class LockInfo:
     revision: str = ""
 
 
-def list_locks(cache_dir: str | Path, *, host_id: str | None = None) -> list[LockInfo]:
+def list_locks(
+    cache_dir: str | Path, *, host_id: str | None = None, settings: Settings | None = None
+) -> list[LockInfo]:
     """Every repo lock file in a cache with its holder and whether it is stale (``hub-prefetch locks``).
 
-    ``host_id`` names this host as lock records do (default: ``Settings.from_env().host_id``).
+    ``host_id`` names this host as lock records do (default: ``settings.host_id``, where ``settings``
+    defaults to :meth:`Settings.from_env`).
     """
     folder = lock_dir(Path(cache_dir).expanduser())
-    me = HostIdentity.local(host_id or Settings.from_env().host_id)
+    me = HostIdentity.local(host_id or (settings if settings is not None else Settings.from_env()).host_id)
     try:
         names = sorted(os.listdir(folder))
     except FileNotFoundError:
