@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from . import cache, errors
-from ._lease import HolderInfo, HostIdentity, dead_reason, process_start_time
+from .lock import HolderInfo, HostIdentity, dead_reason, process_start_time
 from .prefetch import (
     PrefetchResult,
     Request,
@@ -451,7 +451,6 @@ def prefetch_distributed(
             lock_timeout=lock_timeout,
         )
     dist, rank, size = world
-    me = HostIdentity.local()
     token_ = secrets.token_hex(16)
     req: Request | None = None
     own: Exception | None = None
@@ -474,6 +473,7 @@ def prefetch_distributed(
         cache.atomic_write_bytes(_probe_dir(req.settings.cache_dir) / token_, b"")
     except Exception as exc:  # noqa: BLE001 - every rank raises it after the exchange
         own = exc
+    me = HostIdentity.local(req.settings.host_id if req is not None else None)
     # Every rank enters both exchanges, even one whose request is bad: leaving early would hang the rest.
     mine = RankInfo(rank, me.host, realpath, token_, errors.to_json(own) if own is not None else None)
     infos: list[RankInfo] = _gather(dist, mine, size, group)

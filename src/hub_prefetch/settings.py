@@ -15,6 +15,8 @@ variable                                  default      meaning
                                                        :class:`~hub_prefetch.errors.LockTimeout`
 ``HUB_PREFETCH_LEASE_TTL``                30           seconds a lease outlives its last heartbeat
 ``HUB_PREFETCH_WAIT_LOG_INTERVAL``        10           seconds between "still waiting" log lines
+``HUB_PREFETCH_HOST_ID``                  host name    this host's name in lock records (containers
+                                                       that share one host name set it apart)
 ``HUB_PREFETCH_REVISION_TTL``             300          seconds a branch resolved to a commit is
                                                        trusted without asking the Hub (0: always ask)
 ``HUB_PREFETCH_MAX_ATTEMPTS``             5            attempts for transient Hub errors
@@ -86,6 +88,7 @@ class Settings:
     backoff_max: float = 20.0
     download_workers: int = 8
     deep_verify: bool = False
+    host_id: str | None = None
 
     @classmethod
     def from_env(cls, **overrides: Any) -> Settings:
@@ -109,6 +112,7 @@ class Settings:
             "backoff_max": _env_float("HUB_PREFETCH_BACKOFF_MAX", 20.0),
             "download_workers": int(_env_float("HUB_PREFETCH_DOWNLOAD_WORKERS", 8) or 1),
             "deep_verify": _env_flag("HUB_PREFETCH_DEEP_VERIFY"),
+            "host_id": os.environ.get("HUB_PREFETCH_HOST_ID") or None,
         }
         for key, value in overrides.items():
             if key not in values:

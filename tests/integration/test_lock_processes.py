@@ -18,8 +18,8 @@ from typing import Any
 
 import pytest
 
-from hub_prefetch import _fsprobe
-from hub_prefetch.lock import RepoLock
+from hub_prefetch.lock import RepoLock, clear_probe_cache
+from hub_prefetch.lock.lease import held_lease, pause_heartbeat
 
 pytestmark = pytest.mark.slow
 ctx = multiprocessing.get_context("fork")
@@ -28,9 +28,9 @@ REPO = "org/contended"
 
 @pytest.fixture(autouse=True)
 def _fresh_probe() -> Iterator[None]:
-    _fsprobe.clear_probe_cache()
+    clear_probe_cache()
     yield
-    _fsprobe.clear_probe_cache()
+    clear_probe_cache()
 
 
 @pytest.fixture
@@ -116,7 +116,7 @@ def test_no_op_flock_picks_the_lease_and_still_excludes(
 ) -> None:
     monkeypatch.setattr(fcntl, "flock", lambda fd, op: None)
     assert RepoLock(tmp_path, REPO).backend == "lease"
-    _fsprobe.clear_probe_cache()  # each worker probes for itself
+    clear_probe_cache()  # each worker probes for itself
     entered, overlaps, elapsed = _run_stress(tmp_path, "auto", 8, 30, reap)
     print(f"\n[no-op flock -> auto] 8 procs x 30: entered={entered} overlaps={overlaps} in {elapsed:.2f} s")
     assert (entered, overlaps) == (240, 0)
@@ -130,15 +130,14 @@ def _holder(
         os.environ["HUB_PREFETCH_HOST_ID"] = host_id  # as a process on another host would be named
     lock = RepoLock(cache, REPO, backend=backend, lease_ttl=ttl)  # type: ignore[arg-type]
     lock.acquire()
+    hold = held_lease(lock.lease_path)  # None for flock
     ready.set()
     while True:
         order = cmd.recv()
         if order == "pause-heartbeat":
-            lock._pause_heartbeat()
+            assert hold is not None
+            pause_heartbeat(hold)
         elif order == "release":
-            from hub_prefetch.lock import _slot
-
-            hold = _slot(lock._slot_key).hold
             time_released = time.time()
             lock.release()  # a holder that was evicted finds out here at the latest
             out.send({"lost": bool(getattr(hold, "lost", False)), "released_at": time_released})

@@ -8,7 +8,7 @@ must stay errors: with ``warn_unused_ignores`` mypy fails if one of them starts 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from typing_extensions import assert_type
 
@@ -68,7 +68,7 @@ def requests() -> None:
 def the_lock(cache: Path) -> None:
     with hub_prefetch.RepoLock(cache, "org/model", timeout=5.0) as lock:
         assert_type(lock, hub_prefetch.RepoLock)
-        assert_type(lock.backend, str)
+        assert_type(lock.backend, Literal["flock", "lease"])
 
 
 def error_facts(exc: BaseException) -> None:

@@ -1,36 +1,122 @@
-"""RepoLock inside one process: keys and paths, the backend probe, threads, re-entry, timeouts, logs."""
+"""RepoLock inside one process: keys and paths, the backend probe, threads, re-entry, timeouts, logs.
+
+Timeouts, TTLs and the log cadence run on a :class:`FakeClock`: its time moves only when a lock sleeps
+or waits on its gate, and a test forces the interleaving it needs by scheduling an action at a time.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import errno
 import fcntl
+import functools
 import logging
 import os
 import pickle
+import socket
 import stat
 import subprocess
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hub_prefetch import _fsprobe
-from hub_prefetch._lease import HolderInfo, encode_record
 from hub_prefetch.errors import CacheWriteError, LockTimeout
-from hub_prefetch.lock import RepoLock, list_locks, probe_backend, repo_lock
+from hub_prefetch.lock import (
+    HolderInfo,
+    HostIdentity,
+    RepoLock,
+    clear_probe_cache,
+    list_locks,
+    probe_filesystem,
+    repo_lock,
+)
+from hub_prefetch.lock import probe as fsprobe
+from hub_prefetch.lock.identity import encode_record
+from hub_prefetch.settings import Settings
 
 BACKENDS = ["flock", "lease"]
 
 
+class FakeClock:
+    """A :class:`~hub_prefetch.lock.Clock` whose time moves only when a lock sleeps or waits.
+
+    ``at(t, action)`` runs ``action`` (in the waiting thread) when time reaches ``t`` seconds after
+    the start: a holder lets go, a heartbeat is written, at an exact moment and never in a race with
+    the waiter. Time never moves by itself, so no test waits on the wall clock or its scheduling.
+    """
+
+    def __init__(self) -> None:
+        self.start = self.now = 0.0
+        self._due: list[tuple[float, Callable[[], None]]] = []
+        self._guard = threading.Lock()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def time(self) -> float:
+        return 1.7e9 + self.now
+
+    def elapsed(self) -> float:
+        return self.now - self.start
+
+    def at(self, t: float, action: Callable[[], None]) -> None:
+        with self._guard:
+            self._due.append((self.start + t, action))
+            self._due.sort(key=lambda item: item[0])
+
+    def sleep(self, seconds: float) -> None:
+        target = self.now + max(seconds, 0.0)
+        while True:
+            with self._guard:
+                if not self._due or self._due[0][0] > target:
+                    self.now = max(self.now, target)
+                    return
+                when, action = self._due.pop(0)
+                self.now = max(self.now, when)
+            action()
+
+    def acquire(self, gate: threading.Lock, timeout: float) -> bool:
+        if gate.acquire(False):
+            return True
+        self.sleep(timeout)
+        return gate.acquire(False)
+
+
+def _hold_in_thread(lock: RepoLock) -> tuple[threading.Thread, threading.Event]:
+    """``lock`` held by another thread (the same thread would re-enter) until the event is set."""
+    held, go = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with lock:
+            held.set()
+            go.wait(30)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert held.wait(10)
+    return t, go
+
+
+def _let_go(thread: threading.Thread, go: threading.Event) -> Callable[[], None]:
+    """An action that makes the holding thread release, and returns once it has."""
+
+    def action() -> None:
+        go.set()
+        thread.join(10)
+
+    return action
+
+
 @pytest.fixture(autouse=True)
 def _fresh_probe():
-    _fsprobe.clear_probe_cache()
+    clear_probe_cache()
     yield
-    _fsprobe.clear_probe_cache()
+    clear_probe_cache()
 
 
 # -- keys and paths ----------------------------------------------------------------------------------
@@ -76,6 +162,10 @@ def test_settings_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("HUB_PREFETCH_HOST_ID", "node-17")
     lock = RepoLock(tmp_path, "org/m")
     assert (lock.backend, lock.timeout, lock.lease_ttl, lock.identity.host) == ("lease", 7.5, 3.0, "node-17")
+    # the variable is read in Settings, nowhere else: HostIdentity takes the name from its caller
+    assert HostIdentity.local().host == socket.gethostname()
+    given = Settings.from_env(cache_dir=tmp_path).replace(host_id="node-3")
+    assert RepoLock(tmp_path, "org/m", settings=given).identity.host == "node-3"
     explicit = RepoLock(tmp_path, "org/m", backend="flock", timeout=1, lease_ttl=9, host_id="h")
     assert (explicit.backend, explicit.timeout, explicit.lease_ttl, explicit.identity.host) == (
         "flock",
@@ -87,9 +177,18 @@ def test_settings_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.
 
 # -- the probe ---------------------------------------------------------------------------------------
 def test_probe_picks_flock_on_a_local_filesystem(tmp_path: Path) -> None:
-    backend, reason = probe_backend(tmp_path)
-    assert backend == "flock", reason
-    assert RepoLock(tmp_path, "org/m").backend == "flock"
+    probe = probe_filesystem(tmp_path)
+    assert probe.backend == "flock", probe.reason
+    assert (probe.flock_works, probe.flock_excludes, probe.flock_error, probe.network_fs) == (
+        True,
+        True,
+        None,
+        False,
+    )
+    assert not probe.flock_raises
+    lock = RepoLock(tmp_path, "org/m")
+    assert lock.backend == "flock" and lock.probe == probe_filesystem(lock.lock_dir)
+    assert RepoLock(tmp_path, "org/m", backend="lease").probe.reason == "requested"
     assert list(tmp_path.iterdir()) == [tmp_path / ".locks"]  # the probe file is gone
 
 
@@ -103,20 +202,22 @@ def test_probe_picks_the_lease_when_flock_raises(
         raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(fcntl, "flock", broken)
-    backend, reason = probe_backend(tmp_path)
-    assert backend == "lease"
-    assert errno.errorcode[code] in reason
+    probe = probe_filesystem(tmp_path)
+    assert probe.backend == "lease" and probe.flock_raises and probe.flock_works is False
+    assert errno.errorcode[code] in probe.reason
+    if code != errno.EACCES:  # EACCES is contention to every flock caller; here nobody else holds the file
+        assert probe.flock_error == errno.errorcode[code]
     lock = RepoLock(tmp_path, "org/m")
     with lock:
-        assert lock.backend == "lease" and lock.lease_path.exists()
+        assert lock.backend == "lease" and lock.lease_path.exists() and lock.probe.flock_raises
     assert not lock.lease_path.exists()
 
 
 def test_probe_detects_a_silent_no_op_flock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fcntl, "flock", lambda fd, op: None)
-    backend, reason = probe_backend(tmp_path)
-    assert backend == "lease"
-    assert "no-op" in reason
+    probe = probe_filesystem(tmp_path)
+    assert probe.backend == "lease" and "no-op" in probe.reason
+    assert (probe.flock_works, probe.flock_excludes, probe.flock_raises) == (True, False, False)
 
 
 def test_forced_flock_where_it_raises_is_a_clear_error(
@@ -134,28 +235,30 @@ def test_forced_flock_where_it_raises_is_a_clear_error(
 def test_network_filesystems_get_the_lease(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, magic: int, name: str
 ) -> None:
-    monkeypatch.setattr(_fsprobe, "_statfs_type", lambda path: magic)
-    monkeypatch.setattr(_fsprobe, "_mountinfo_type", lambda path: None)
-    backend, reason = probe_backend(tmp_path)
-    assert backend == "lease" and name in reason and "other hosts" in reason
+    monkeypatch.setattr(fsprobe, "_statfs_type", lambda path: magic)
+    monkeypatch.setattr(fsprobe, "_mountinfo_type", lambda path: None)
+    probe = probe_filesystem(tmp_path)
+    assert probe.backend == "lease" and name in probe.reason and "other hosts" in probe.reason
+    assert (probe.network_fs, probe.fs_type, probe.flock_raises) == (True, name, False)
 
 
 @pytest.mark.parametrize("fstype", ["nfs4", "fuse.sshfs", "cifs", "lustre", "gpfs", "ceph"])
 def test_network_filesystems_by_mountinfo_name(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fstype: str
 ) -> None:
-    monkeypatch.setattr(_fsprobe, "_statfs_type", lambda path: None)
-    monkeypatch.setattr(_fsprobe, "_mountinfo_type", lambda path: fstype)
-    assert probe_backend(tmp_path) == (
+    monkeypatch.setattr(fsprobe, "_statfs_type", lambda path: None)
+    monkeypatch.setattr(fsprobe, "_mountinfo_type", lambda path: fstype)
+    probe = probe_filesystem(tmp_path)
+    assert (probe.backend, probe.reason) == (
         "lease",
         f"network filesystem {fstype}: a node-local flock does not exclude other hosts",
     )
 
 
 def test_filesystem_type_of_a_real_folder_is_read() -> None:
-    name, remote = _fsprobe.filesystem_type(Path("/proc"))
+    name, remote = fsprobe.filesystem_type(Path("/proc"))
     assert name == "proc" and remote is False
-    assert _fsprobe._statfs_type(Path("/proc")) == 0x9FA0  # PROC_SUPER_MAGIC
+    assert fsprobe._statfs_type(Path("/proc")) == 0x9FA0  # PROC_SUPER_MAGIC
 
 
 # -- threads and re-entry ----------------------------------------------------------------------------
@@ -237,26 +340,16 @@ def test_reentry_sees_through_different_spellings_of_the_cache(tmp_path: Path, b
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_timeout_is_typed_picklable_and_names_the_holder(tmp_path: Path, backend: str) -> None:
-    holder = RepoLock(tmp_path, "org/m", revision="v2", backend=backend)
-    held = threading.Event()
-    done = threading.Event()
-
-    def hold() -> None:
-        with holder:
-            held.set()
-            done.wait(30)
-
-    t = threading.Thread(target=hold)
-    t.start()
+    clock = FakeClock()
+    holder = RepoLock(tmp_path, "org/m", revision="v2", backend=backend, clock=clock)
+    t, go = _hold_in_thread(holder)
     try:
-        held.wait(10)
-        waiter = RepoLock(tmp_path, "org/m", revision="v2", backend=backend, timeout=0.3)
-        t0 = time.monotonic()
+        waiter = RepoLock(tmp_path, "org/m", revision="v2", backend=backend, timeout=0.3, clock=clock)
         with pytest.raises(LockTimeout) as info:
             waiter.acquire()
-        assert 0.3 <= time.monotonic() - t0 < 3
+        assert 0.3 - 1e-9 <= clock.elapsed() < 0.3 + 0.2  # the deadline, give or take one poll
     finally:
-        done.set()
+        go.set()
         t.join()
     err = info.value
     assert isinstance(err, TimeoutError)
@@ -278,32 +371,71 @@ def test_timeout_is_typed_picklable_and_names_the_holder(tmp_path: Path, backend
 
 
 def test_wait_is_logged_at_a_steady_cadence(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from hub_prefetch.settings import Settings
-
+    clock = FakeClock()
     s = Settings.from_env(cache_dir=tmp_path).replace(wait_log_interval=0.1)
-    holder = RepoLock(tmp_path, "org/m", backend="lease", settings=s)
-    waiter = RepoLock(tmp_path, "org/m", backend="lease", settings=s, timeout=0.55)
-    held = threading.Event()
-
-    def hold() -> None:  # another thread: the same thread would simply re-enter
-        with holder:
-            held.set()
-            time.sleep(0.45)
-
+    holder = RepoLock(tmp_path, "org/m", backend="lease", settings=s, clock=clock)
+    waiter = RepoLock(tmp_path, "org/m", backend="lease", settings=s, timeout=0.55, clock=clock)
     caplog.set_level(logging.INFO, logger="hub_prefetch.lock")
-    t = threading.Thread(target=hold)
-    t.start()
-    held.wait(10)
+    t, go = _hold_in_thread(holder)
+    clock.at(0.45, _let_go(t, go))
     waiter.acquire()
     waiter.release()
-    t.join()
+    assert 0.45 <= clock.elapsed() < 0.55
     lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("waiting for")]
-    assert 3 <= len(lines) <= 6, lines
+    # the first line is DEBUG (a short wait is not news); then one INFO line every 0.1 s: 0.2, 0.3, 0.4
+    assert len(lines) == 3, lines
     assert all(
         f"waiting for org/m@main: held by {holder.identity.host}:{os.getpid()} for" in m for m in lines
     )
     assert all("(lease)" in m for m in lines)
     assert any(r.getMessage().startswith("acquired org/m@main after") for r in caplog.records)
+
+
+def _plant_foreign_lease(lock: RepoLock, *, ttl: float, seq: int = 0) -> None:
+    """A lease record written by a process on another host (whose pid this host cannot judge)."""
+    lock.lock_dir.mkdir(parents=True, exist_ok=True)
+    record = HolderInfo(
+        host="node-b",
+        pid=4242,
+        start_time=None,
+        token="b" * 32,
+        acquired_at=1.7e9,
+        heartbeat_at=1.7e9 + seq,
+        backend="lease",
+        repo_id=lock.repo_id,
+        revision=lock.revision,
+        ttl=ttl,
+        seq=seq,
+    )
+    lock.lease_path.write_bytes(encode_record(record))
+
+
+def test_silent_lease_of_another_host_is_taken_over_after_its_ttl_not_before(tmp_path: Path) -> None:
+    clock = FakeClock()
+    waiter = RepoLock(tmp_path, "org/m", backend="lease", clock=clock)
+    _plant_foreign_lease(waiter, ttl=30.0)
+    with pytest.raises(LockTimeout) as info:
+        waiter.acquire(timeout=29.0)
+    assert info.value.holder["host"] == "node-b"
+    start = clock.elapsed()
+    with waiter:  # a fresh wait: the file must stay unchanged for the TTL the holder recorded
+        assert waiter.holder().pid == os.getpid()  # type: ignore[union-attr]
+    assert 30.0 <= clock.elapsed() - start < 30.0 + 0.2
+
+
+def test_heartbeating_lease_of_another_host_is_never_taken_over(tmp_path: Path) -> None:
+    clock = FakeClock()
+    waiter = RepoLock(tmp_path, "org/m", backend="lease", clock=clock)
+    _plant_foreign_lease(waiter, ttl=30.0)
+    for beat in range(1, 10):  # every 10 s for 90 s, as the holder's heartbeat thread would
+        clock.at(10.0 * beat, functools.partial(_plant_foreign_lease, waiter, ttl=30.0, seq=beat))
+    with pytest.raises(LockTimeout) as info:
+        waiter.acquire(timeout=100.0)  # over three TTLs
+    assert info.value.holder["host"] == "node-b" and waiter.holder().seq == 9  # type: ignore[union-attr]
+    start = clock.elapsed()
+    waiter.acquire(timeout=40.0)  # the heartbeat stopped at 90 s: taken over one TTL into this wait
+    waiter.release()
+    assert 30.0 <= clock.elapsed() - start < 30.0 + 0.2  # silence counts from the waiter's own sighting
 
 
 # -- a shared multi-user cache -----------------------------------------------------------------------
@@ -334,13 +466,15 @@ def test_flock_refuses_a_planted_symlink(tmp_path: Path) -> None:
 def test_lease_moves_a_planted_symlink_aside_without_following_it(tmp_path: Path) -> None:
     victim = tmp_path / "victim"
     victim.write_text("precious")
-    lock = RepoLock(tmp_path, "org/m", backend="lease", lease_ttl=0.3, timeout=5)
+    clock = FakeClock()
+    lock = RepoLock(tmp_path, "org/m", backend="lease", lease_ttl=0.3, timeout=5, clock=clock)
     lock.lock_dir.mkdir(parents=True)
     lock.lease_path.symlink_to(victim)
     with lock:
         assert not lock.lease_path.is_symlink()
         assert lock.holder().pid == os.getpid()  # type: ignore[union-attr]
     assert victim.read_text() == "precious"
+    assert 0.3 - 1e-9 <= clock.elapsed() < 0.3 + 0.2  # moved aside once unchanged for its TTL, not before
 
 
 def _mount(*args: str) -> bool:
@@ -470,7 +604,7 @@ def test_a_forked_child_inherits_no_hold(tmp_path: Path, backend: str) -> None:
             try:
                 if lock.is_held:
                     code = 3
-                other = RepoLock(tmp_path, "org/m", backend=backend, timeout=0.2)
+                other = RepoLock(tmp_path, "org/m", backend=backend, timeout=0.2, clock=FakeClock())
                 try:
                     other.acquire()
                     code = 4
@@ -483,7 +617,7 @@ def test_a_forked_child_inherits_no_hold(tmp_path: Path, backend: str) -> None:
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert lock.holder().pid == os.getpid()  # type: ignore[union-attr]
-        probe = RepoLock(tmp_path, "org/m", backend=backend)
+        probe = RepoLock(tmp_path, "org/m", backend=backend, clock=FakeClock())
         got = []
         t = threading.Thread(target=lambda: got.append(_try(probe)))
         t.start()

@@ -33,3 +33,11 @@ def test_bad_settings_are_typed_errors(monkeypatch, var, value):
 def test_unknown_override_is_refused():
     with pytest.raises(TypeError):
         Settings.from_env(colour="red")
+
+
+def test_host_id_is_read_here(monkeypatch):
+    monkeypatch.delenv("HUB_PREFETCH_HOST_ID", raising=False)
+    assert Settings.from_env().host_id is None
+    monkeypatch.setenv("HUB_PREFETCH_HOST_ID", "node-17")
+    assert Settings.from_env().host_id == "node-17"
+    assert Settings.from_env(host_id="node-3").host_id == "node-3"

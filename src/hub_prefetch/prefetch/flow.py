@@ -132,7 +132,7 @@ def _locked(req: Request, lock: RepoLock, *, deep: bool, started: float, waited:
         listing = read_listing(req, commit) or fetch_listing(req, commit)[1]
     fetcher = Fetcher(req, commit, listing)
     clean_temps(req, kernel_locks=lock.backend == "flock")
-    if lock.probe_reason.startswith("flock raises"):
+    if lock.probe.flock_raises:
         replace_blob_locks()
     selection = select(req, listing, fetcher.read)
     fetcher.ensure(selection.files)

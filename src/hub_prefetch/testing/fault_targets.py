@@ -20,8 +20,8 @@ from typing import Any
 
 from huggingface_hub import hf_hub_download
 
-from .. import _fsprobe, prefetch
-from ..lock import RepoLock
+from .. import prefetch
+from ..lock import RepoLock, clear_probe_cache
 
 __all__ = [
     "FLOCK_MODES",
@@ -67,12 +67,12 @@ def faulty_flock(mode: str = "ok") -> Iterator[None]:
         raise OSError(code, os.strerror(code))
 
     fcntl.flock = fake
-    _fsprobe.clear_probe_cache()
+    clear_probe_cache()
     try:
         yield
     finally:
         fcntl.flock = real
-        _fsprobe.clear_probe_cache()
+        clear_probe_cache()
 
 
 @contextlib.contextmanager

@@ -20,167 +20,39 @@ Protocol (every contender follows it; no step trusts clocks of other hosts):
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import re
 import secrets
-import socket
-import stat
 import threading
 import time
-from dataclasses import dataclass, fields, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
-from .cache import SHARED_FILE_MODE, key_hash
-from .errors import CacheWriteError
+from ..cache import SHARED_FILE_MODE, key_hash
+from ..errors import CacheWriteError
+from .clock import SYSTEM_CLOCK, Clock
+from .identity import (
+    NOFOLLOW,
+    HolderInfo,
+    HostIdentity,
+    dead_reason,
+    decode_record,
+    encode_record,
+    read_nofollow,
+)
 
-__all__ = ["HolderInfo", "HostIdentity", "Lease", "dead_reason", "decode_record", "encode_record"]
+__all__ = ["Lease", "held_lease", "pause_heartbeat", "read_holder"]
 
-logger = logging.getLogger("hub_prefetch.lock")
+logger = logging.getLogger("hub_prefetch.lock")  # one logger for the package: the CLI and tests watch it
 
-RECORD_VERSION = 1
 _TOKEN_RE = re.compile(r"^[0-9a-f]{32}$")
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
-@dataclass(frozen=True)
-class HostIdentity:
-    """Who "this host" is: pids are only comparable when all three match."""
-
-    host: str
-    boot_id: str | None
-    pidns: str | None
-
-    @classmethod
-    def local(cls, host_id: str | None = None) -> HostIdentity:
-        host = host_id or os.environ.get("HUB_PREFETCH_HOST_ID") or socket.gethostname()
-        boot_id = None
-        with contextlib.suppress(OSError):
-            boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
-        pidns = None
-        with contextlib.suppress(OSError):
-            pidns = os.readlink("/proc/self/ns/pid")
-        return cls(host, boot_id, pidns)
-
-
-@dataclass(frozen=True)
-class HolderInfo:
-    """The owner record of a held lock, as its holder wrote it."""
-
-    host: str
-    pid: int
-    start_time: int | None
-    token: str
-    acquired_at: float
-    heartbeat_at: float
-    backend: str
-    repo_id: str = ""
-    repo_type: str = ""
-    revision: str = ""
-    ttl: float = 0.0
-    seq: int = 0
-    boot_id: str | None = None
-    pidns: str | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        # Shallow on purpose: every field is a scalar, and asdict's deepcopy dominated acquire cost.
-        return {name: getattr(self, name) for name in _HOLDER_FIELDS}
-
-    def describe(self) -> str:
-        return f"{self.host}:{self.pid}"
-
-
-_HOLDER_FIELDS = tuple(f.name for f in fields(HolderInfo))
-
-
-def process_start_time(pid: int) -> int | None:
-    """Start time of ``pid`` in clock ticks since boot (Linux), None when unknown."""
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
-    except OSError:
-        return None
-    fields = raw[raw.rfind(b")") + 2 :].split()
-    try:
-        return int(fields[19])  # field 22 of stat(5); fields[0] here is field 3
-    except (IndexError, ValueError):
-        return None
-
-
-def _pid_state(pid: int) -> str:
-    """ "alive", "dead" or "zombie" (a killed child not yet reaped still has a pid)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return "dead"
-    except PermissionError:
-        pass  # another user's live process
-    except OSError:
-        return "alive"
-    try:
-        raw = Path(f"/proc/{pid}/stat").read_bytes()
-    except FileNotFoundError:
-        return "dead"
-    except OSError:
-        return "alive"
-    tail = raw[raw.rfind(b")") + 2 :]
-    return "zombie" if tail[:1] in (b"Z", b"X") else "alive"
-
-
-def dead_reason(holder: HolderInfo, me: HostIdentity) -> str | None:
-    """Why ``holder`` is certainly dead, judged from this host; None if alive or not ours to judge."""
-    if holder.host != me.host or holder.pidns != me.pidns:
-        return None
-    if holder.boot_id and me.boot_id and holder.boot_id != me.boot_id:
-        return f"holder {holder.describe()} ran before this host rebooted"
-    if holder.pid == os.getpid():
-        return None
-    state = _pid_state(holder.pid)
-    if state != "alive":
-        return f"holder {holder.describe()} is {'a zombie' if state == 'zombie' else 'gone'}"
-    if holder.start_time is not None:
-        now = process_start_time(holder.pid)
-        if now is not None and now != holder.start_time:
-            return f"holder pid {holder.pid} was reused by another process"
-    return None
-
-
-def encode_record(holder: HolderInfo, **extra: Any) -> bytes:
-    return json.dumps({"version": RECORD_VERSION, **holder.to_dict(), **extra}, sort_keys=True).encode()
-
-
-def decode_record(raw: bytes | None) -> HolderInfo | None:
-    """A holder record, or None for an empty, free, foreign or corrupt file."""
-    if not raw:
-        return None
-    try:
-        data = json.loads(raw)
-        if not isinstance(data, dict) or data.get("version") != RECORD_VERSION or data.get("state") == "free":
-            return None
-        return HolderInfo(**{k: v for k, v in data.items() if k in _HOLDER_FIELDS})
-    except (ValueError, TypeError):
-        return None
-
-
-def read_nofollow(path: Path) -> tuple[bytes, os.stat_result] | None:
-    """Content and stat of a regular file; None if absent. A planted symlink reads as empty."""
-    try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW)
-    except FileNotFoundError:
-        return None
-    except OSError:
-        try:
-            return b"", os.lstat(path)
-        except FileNotFoundError:
-            return None
-    try:
-        st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            return b"", st
-        return os.pread(fd, 1 << 16, 0), st
-    finally:
-        os.close(fd)
+def read_holder(path: Path) -> HolderInfo | None:
+    """The owner record in a lease file; None when absent or unreadable (a stale holder is returned)."""
+    found = read_nofollow(path)
+    return decode_record(found[0]) if found else None
 
 
 def _generation(raw: bytes, holder: HolderInfo | None) -> str:
@@ -192,10 +64,13 @@ def _generation(raw: bytes, holder: HolderInfo | None) -> str:
 class Lease:
     """One contender's view of one lease file: attempts, takeover, heartbeat and release."""
 
-    def __init__(self, path: Path, record: HolderInfo, me: HostIdentity, ttl: float) -> None:
+    def __init__(
+        self, path: Path, record: HolderInfo, me: HostIdentity, ttl: float, clock: Clock = SYSTEM_CLOCK
+    ) -> None:
         self.path = path
         self.me = me
         self.ttl = ttl
+        self.clock = clock
         self.record = record
         self.lost = False
         self.last_seen: HolderInfo | None = None
@@ -204,7 +79,6 @@ class Lease:
         self._markers_seen: dict[str, float] = {}
         self.interval = max(ttl / 3.0, 0.01)
         self._active = False
-        self._paused = False
         self._write_lock = threading.Lock()
 
     # -- acquiring ---------------------------------------------------------------------------------
@@ -221,7 +95,7 @@ class Lease:
         reason = dead_reason(holder, self.me) if holder is not None else None
         if reason is None:
             fingerprint = (st.st_ino, st.st_size, st.st_mtime_ns, raw)
-            now = time.monotonic()
+            now = self.clock.monotonic()
             if self._seen is None or self._seen[0] != fingerprint:
                 self._seen = (fingerprint, now)
                 return False
@@ -235,7 +109,7 @@ class Lease:
         return False
 
     def _create(self) -> bool:
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW
+        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW
         try:
             fd = os.open(self.path, flags, SHARED_FILE_MODE)
         except FileExistsError:
@@ -247,7 +121,7 @@ class Lease:
         try:
             st = os.fstat(fd)
             self._ino = (st.st_dev, st.st_ino)
-            now = time.time()
+            now = self.clock.time()
             self.record = replace(self.record, acquired_at=now, heartbeat_at=now, seq=0)
             with contextlib.suppress(OSError):
                 os.fchmod(fd, SHARED_FILE_MODE)  # umask may have dropped group write
@@ -269,7 +143,7 @@ class Lease:
         """Remove a stale lease; True if this call removed it (the caller then competes to create)."""
         marker = self.path.with_name(f"{self.path.stem}.break.{generation}")
         try:
-            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _NOFOLLOW, SHARED_FILE_MODE)
+            fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, SHARED_FILE_MODE)
         except FileExistsError:
             self._expire_marker(marker)
             return False
@@ -315,8 +189,8 @@ class Lease:
 
     def _expire_marker(self, marker: Path) -> None:
         # A takeover takes milliseconds; a marker seen for a whole TTL belongs to a crashed breaker.
-        first = self._markers_seen.setdefault(marker.name, time.monotonic())
-        if time.monotonic() - first >= self.ttl:
+        first = self._markers_seen.setdefault(marker.name, self.clock.monotonic())
+        if self.clock.monotonic() - first >= self.ttl:
             with contextlib.suppress(OSError):
                 marker.unlink()
             self._markers_seen.pop(marker.name, None)
@@ -324,13 +198,10 @@ class Lease:
     # -- holding -----------------------------------------------------------------------------------
     def _start_heartbeat(self) -> None:
         self._active = True
-        self._paused = False
         _heartbeats.add(self)
 
     def beat(self) -> None:
         """One heartbeat (called by the process's heartbeat thread)."""
-        if self._paused:
-            return
         try:
             ours = self._refresh()
         except OSError as exc:
@@ -355,13 +226,13 @@ class Lease:
             if not self._active:
                 return True  # released while this beat was being scheduled
             try:
-                fd = os.open(self.path, os.O_RDWR | _NOFOLLOW)
+                fd = os.open(self.path, os.O_RDWR | NOFOLLOW)
             except FileNotFoundError:
                 return False
             try:
                 if not self._is_ours(fd):
                     return False
-                self.record = replace(self.record, heartbeat_at=time.time(), seq=self.record.seq + 1)
+                self.record = replace(self.record, heartbeat_at=self.clock.time(), seq=self.record.seq + 1)
                 data = encode_record(self.record)
                 os.pwrite(fd, data, 0)
                 os.ftruncate(fd, len(data))
@@ -369,17 +240,18 @@ class Lease:
                 os.close(fd)  # close publishes the write to other NFS clients
         return True
 
-    def pause_heartbeat(self) -> None:
-        """Test hook: keep holding but stop refreshing, as a hung or partitioned holder would."""
-        self._paused = True
+    def holder(self) -> HolderInfo | None:
+        """The holder this contender last saw while waiting, else the record on disk now."""
+        return self.last_seen if self.last_seen is not None else read_holder(self.path)
 
     def release(self) -> None:
+        """Stop the heartbeat and delete the lease if it is still ours (else note that it was lost)."""
         _heartbeats.remove(self)
         with self._write_lock:
             self._active = False
             ours = False
             with contextlib.suppress(FileNotFoundError):
-                fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | _NOFOLLOW)
+                fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | NOFOLLOW)
                 try:
                     ours = self._is_ours(fd)
                 finally:
@@ -391,8 +263,9 @@ class Lease:
                 logger.error("lease %s was taken from this holder before release", self.path)
         self._ino = None
 
-    def abandon(self) -> None:
-        """After fork, in the child: the parent's lease is not ours to refresh or delete."""
+    def close(self) -> None:
+        """Drop this contender without touching the file: a failed attempt, or after fork in the child
+        (the parent's lease is not ours to refresh or delete)."""
         self._active = False
         self._ino = None
 
@@ -422,6 +295,10 @@ class _Heartbeats:
         with self.cond:
             self.due.pop(lease, None)
 
+    def find(self, path: Path) -> Lease | None:
+        with self.cond:
+            return next((lease for lease in self.due if lease.path == path), None)
+
     def _run(self) -> None:
         while True:
             with self.cond:
@@ -441,6 +318,19 @@ class _Heartbeats:
 
 
 _heartbeats = _Heartbeats()
+
+
+def held_lease(path: Path) -> Lease | None:
+    """The lease on ``path`` that this process holds and keeps refreshing, if any (tests, diagnostics)."""
+    return _heartbeats.find(path)
+
+
+def pause_heartbeat(lease: Lease) -> None:
+    """Keep holding ``lease`` but stop refreshing it, as a hung or partitioned holder would.
+
+    For tests, with :func:`held_lease`: the heartbeat registry's business, not a method of the lock.
+    """
+    _heartbeats.remove(lease)
 
 
 def _reset_after_fork() -> None:

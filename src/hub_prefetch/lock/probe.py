@@ -8,7 +8,11 @@ Two questions decide it:
    and, for the name, from ``/proc/self/mountinfo`` matched on the folder's device number.
 2. *Does ``flock`` work at all here?* A probe file gets two descriptors: locking the first must
    succeed and locking the second must conflict. A raising ``flock`` (ENOSYS, ENOLCK, EOPNOTSUPP,
-   EINVAL, EACCES, ...) or a silent no-op (both succeed) selects the lease.
+   EINVAL, ...), one that refuses a lock on a file nobody else holds, or a silent no-op (both
+   succeed) selects the lease. Both attempts are :func:`hub_prefetch.lock.flock.try_flock`, the one
+   the lock itself makes, so the probe and the lock classify every errno alike.
+
+The answer is a typed :class:`FsProbe`, cached per process and folder.
 """
 
 from __future__ import annotations
@@ -16,20 +20,28 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
-import errno
-import fcntl
 import logging
 import os
 import secrets
 import sys
 import threading
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from .errors import CacheWriteError
+from ..errors import CacheWriteError
+from .flock import errno_name, try_flock
 
-__all__ = ["NETWORK_FS_MAGIC", "NETWORK_FS_NAMES", "filesystem_type", "probe_backend"]
+__all__ = [
+    "NETWORK_FS_MAGIC",
+    "NETWORK_FS_NAMES",
+    "FsProbe",
+    "clear_probe_cache",
+    "filesystem_type",
+    "probe_filesystem",
+]
 
-logger = logging.getLogger("hub_prefetch.lock")
+logger = logging.getLogger("hub_prefetch.lock")  # one logger for the package: the CLI and tests watch it
 
 #: statfs ``f_type`` magic numbers of filesystems where a node-local lock cannot exclude other hosts.
 NETWORK_FS_MAGIC: dict[int, str] = {
@@ -75,7 +87,38 @@ NETWORK_FS_NAMES = (
     "sshfs",
 )
 
-_probe_cache: dict[tuple[int, str], tuple[str, str]] = {}
+
+@dataclass(frozen=True)
+class FsProbe:
+    """What the probe of a lock folder found, and the backend it chose.
+
+    ``flock_works``: locking a fresh file succeeded; ``flock_excludes``: a second descriptor on it
+    then conflicted; ``flock_error``: the errno name when ``flock`` raised (``"CONTENDED"`` when it
+    refused a lock on a file nobody else holds: EAGAIN, EWOULDBLOCK or EACCES). These three are None
+    when ``flock`` was not judged: a backend requested by name, or a network filesystem, whose type
+    alone chooses the lease. ``network_fs``/``fs_type`` are None when the backend was requested.
+    """
+
+    backend: Literal["flock", "lease"]
+    flock_works: bool | None
+    flock_excludes: bool | None
+    flock_error: str | None
+    network_fs: bool | None
+    fs_type: str | None
+    reason: str
+
+    @property
+    def flock_raises(self) -> bool:
+        """Whether ``flock`` raised here (then huggingface_hub's per-blob locks would fail too)."""
+        return self.flock_error is not None
+
+    @classmethod
+    def requested(cls, backend: Literal["flock", "lease"]) -> FsProbe:
+        """The record of a backend chosen by name (``backend=`` or ``HUB_PREFETCH_LOCK``): no probe."""
+        return cls(backend, None, None, None, None, None, "requested")
+
+
+_probe_cache: dict[tuple[int, str], FsProbe] = {}
 _probe_cache_lock = threading.Lock()
 
 
@@ -126,42 +169,60 @@ def filesystem_type(path: Path) -> tuple[str | None, bool]:
     return name, False
 
 
-def _flock_works(directory: Path) -> tuple[bool, str]:
-    """Lock one probe file through two descriptors: the second must conflict."""
+def _probe_file(directory: Path) -> tuple[Path, int]:
+    """A fresh private file in ``directory`` and a descriptor on it; a clear error where none can be made."""
     name = directory / f".probe-{secrets.token_hex(8)}"
     flags = os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        fd1 = os.open(name, flags, 0o600)
+        return name, os.open(name, flags, 0o600)
     except OSError as exc:
         raise CacheWriteError(
             f"cannot create files in lock folder {directory}: {exc.strerror or exc}", path=str(directory)
         ) from exc
+
+
+def _remove_probe_file(name: Path, *fds: int) -> None:
+    for fd in fds:
+        if fd >= 0:
+            os.close(fd)
+    with contextlib.suppress(OSError):
+        name.unlink()
+
+
+def _test_flock(directory: Path, fs_type: str | None) -> FsProbe:
+    """Lock one probe file through two descriptors: the second must conflict."""
+    name, fd1 = _probe_file(directory)
     fd2 = -1
     try:
         fd2 = os.open(name, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            fcntl.flock(fd1, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-            return False, f"flock raises {code} here"
-        try:
-            fcntl.flock(fd2, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True, "flock excludes on a local filesystem"
-        except OSError as exc:
-            code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-            return False, f"flock raises {code} on a conflicting descriptor"
-        return False, "flock is a silent no-op here (two descriptors did not conflict)"
+        works, excludes, error, reason = _two_descriptors(fd1, fd2)
     finally:
-        for fd in (fd2, fd1):
-            if fd >= 0:
-                os.close(fd)
-        with contextlib.suppress(OSError):
-            name.unlink()
+        _remove_probe_file(name, fd2, fd1)
+    return FsProbe("flock" if excludes else "lease", works, excludes, error, False, fs_type, reason)
 
 
-def probe_backend(directory: Path) -> tuple[str, str]:
-    """``("flock" | "lease", reason)`` for lock files in ``directory`` (which must exist).
+def _two_descriptors(fd1: int, fd2: int) -> tuple[bool, bool, str | None, str]:
+    """``(works, excludes, errno name, reason)``: lock ``fd1``, then ``fd2`` on the same file."""
+    try:
+        if not try_flock(fd1):
+            return (
+                False,
+                False,
+                "CONTENDED",
+                "flock raises EAGAIN/EWOULDBLOCK/EACCES on a file nobody else holds",
+            )
+    except OSError as exc:
+        return False, False, errno_name(exc), f"flock raises {errno_name(exc)} here"
+    try:
+        if not try_flock(fd2):
+            return True, True, None, "flock excludes on a local filesystem"
+    except OSError as exc:
+        return True, False, errno_name(exc), f"flock raises {errno_name(exc)} on a conflicting descriptor"
+    return True, False, None, "flock is a silent no-op here (two descriptors did not conflict)"
+
+
+def probe_filesystem(directory: Path) -> FsProbe:
+    """The backend for lock files in ``directory`` (which must exist), and why.
 
     Cached per process and folder. Raises :class:`~hub_prefetch.errors.CacheWriteError` at once when
     the folder is read-only.
@@ -177,13 +238,13 @@ def probe_backend(directory: Path) -> tuple[str, str]:
         return cached
     name, remote = filesystem_type(directory)
     if remote:
-        _flock_works(directory)  # still proves the folder is writable: a clear error, not a hang
-        result = ("lease", f"network filesystem {name}: a node-local flock does not exclude other hosts")
+        _remove_probe_file(*_probe_file(directory))  # still proves the folder is writable: a clear error
+        reason = f"network filesystem {name}: a node-local flock does not exclude other hosts"
+        result = FsProbe("lease", None, None, None, True, name, reason)
     else:
-        works, detail = _flock_works(directory)
-        result = ("flock", detail) if works else ("lease", detail)
-    if result[0] == "lease":
-        logger.warning("lock folder %s: using the lease backend because %s", directory, result[1])
+        result = _test_flock(directory, name)
+    if result.backend == "lease":
+        logger.warning("lock folder %s: using the lease backend because %s", directory, result.reason)
     with _probe_cache_lock:
         _probe_cache[key] = result
     return result

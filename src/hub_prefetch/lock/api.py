@@ -6,15 +6,11 @@ named by a hash of (repo type, repo id, revision): never a path built from a raw
 ``/tmp``. The cache folder is part of the key by location rather than by hashing its path, so hosts
 that mount one shared cache at different paths still exclude each other.
 
-Backends (``HUB_PREFETCH_LOCK=auto|flock|lease``, or ``backend=``):
-
-* ``flock`` on ``<hash>.lock`` where a probe shows it excludes (local filesystems). The kernel drops
-  it when the holder dies, so a crashed holder is succeeded at once. The holder writes its owner
-  record into the file for :meth:`RepoLock.holder` and ``hub-prefetch locks``.
-* ``lease`` on ``<hash>.lease`` where ``flock`` raises, silently does nothing, or cannot exclude
-  other hosts (NFS, Lustre, GPFS, CIFS, FUSE, ...). See :mod:`hub_prefetch._lease` for the protocol:
-  heartbeat every TTL/3, a dead holder on this host is taken over at once, one elsewhere after its
-  heartbeat stayed silent for its TTL, a live holder never.
+Backends (``HUB_PREFETCH_LOCK=auto|flock|lease``, or ``backend=``): :mod:`~hub_prefetch.lock.flock`
+on ``<hash>.lock`` where :mod:`~hub_prefetch.lock.probe` shows that it excludes (local filesystems),
+:mod:`~hub_prefetch.lock.lease` on ``<hash>.lease`` everywhere else (``flock`` raises, does nothing,
+or cannot exclude other hosts: NFS, Lustre, GPFS, CIFS, FUSE, ...). :attr:`RepoLock.probe` says which
+and why.
 
 All contenders for one cache must use the same backend; ``auto`` guarantees that for every process
 that sees the folder through the same kind of mount.
@@ -22,7 +18,8 @@ that sees the folder through the same kind of mount.
 Waiting has no default timeout (a live holder may download for hours); ``timeout=`` or
 ``HUB_PREFETCH_LOCK_TIMEOUT`` bounds it with :class:`~hub_prefetch.errors.LockTimeout`. While waiting,
 ``hub_prefetch.lock`` logs "waiting for <repo>@<revision>: held by <host>:<pid> for 42 s (lease)"
-every ``HUB_PREFETCH_WAIT_LOG_INTERVAL`` seconds.
+every ``HUB_PREFETCH_WAIT_LOG_INTERVAL`` seconds. Every wait runs on ``clock=`` (a
+:class:`~hub_prefetch.lock.clock.Clock`, the real one by default), so tests need not wait on wall time.
 
 Threads and re-entry: within one process, holders of one key are serialised by an in-process gate
 first, so threads exclude each other on either backend and hand over without polling. A thread
@@ -35,63 +32,31 @@ run on the same executor thread, waits. After ``fork`` a child holds nothing it 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import errno
-import fcntl
-import json
 import logging
 import os
 import random
 import secrets
-import stat
 import threading
-import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Literal, Protocol
 
-from ._fsprobe import clear_probe_cache, probe_backend
-from ._lease import HolderInfo, HostIdentity, Lease, dead_reason, decode_record, encode_record, read_nofollow
-from ._lease import process_start_time as _process_start_time
-from .cache import SHARED_FILE_MODE, ensure_dir, key_hash, lock_dir
-from .errors import CacheWriteError, InvalidRequestError, LockTimeout
-from .settings import Settings
+from ..cache import ensure_dir, key_hash, lock_dir
+from ..errors import InvalidRequestError, LockTimeout
+from ..settings import LockBackendName, Settings
+from . import flock, lease
+from .backend import Backend
+from .clock import SYSTEM_CLOCK, Clock
+from .identity import HolderInfo, HostIdentity, own_start_time
+from .probe import FsProbe, probe_filesystem
 
-__all__ = [
-    "HolderInfo",
-    "LockInfo",
-    "RepoLock",
-    "clear_probe_cache",
-    "list_locks",
-    "probe_backend",
-    "repo_lock",
-]
+__all__ = ["RepoLock", "repo_lock"]
 
-logger = logging.getLogger("hub_prefetch.lock")
+logger = logging.getLogger("hub_prefetch.lock")  # one logger for the package: the CLI and tests watch it
 
-BackendName = Literal["auto", "flock", "lease"]
-_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
-_CONTENDED = {errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES}
-_FLOCK_POLL_MAX = 0.05
-_LEASE_POLL_MAX = 0.2
+_POLL_MAX = {"flock": 0.05, "lease": 0.2}
 _GATE_SLICE = 0.1
-
-
-@dataclass(frozen=True)
-class LockInfo:
-    """One lock file, as ``hub-prefetch locks`` shows it."""
-
-    path: Path
-    key: str
-    holder: HolderInfo | None
-    backend: str
-    stale: bool
-    reason: str
-    repo_id: str = ""
-    repo_type: str = ""
-    revision: str = ""
 
 
 class _Cancelled(Exception):
@@ -112,91 +77,6 @@ class _Until:
         return self._done()
 
 
-# -- the flock backend ------------------------------------------------------------------------------
-class _FlockHold:
-    """One descriptor on ``<hash>.lock``; kept open across attempts of one acquisition."""
-
-    def __init__(self, path: Path, record: HolderInfo) -> None:
-        self.path = path
-        self.record = record
-        self._open()
-
-    def _open(self) -> None:
-        path = self.path
-        self.writable = True
-        try:
-            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | _NOFOLLOW, SHARED_FILE_MODE)
-        except PermissionError:
-            # Another user's lock file without group write: flock works on a read-only descriptor.
-            self.fd = self._open_readonly()
-            self.writable = False
-        except OSError as exc:
-            raise CacheWriteError(f"cannot open lock {path}: {exc.strerror or exc}", path=str(path)) from exc
-        st = os.fstat(self.fd)
-        if not stat.S_ISREG(st.st_mode):
-            os.close(self.fd)
-            raise CacheWriteError(f"lock {path} is not a regular file", path=str(path))
-        if st.st_uid == os.geteuid() and st.st_mode & 0o777 != SHARED_FILE_MODE:
-            with contextlib.suppress(OSError):
-                os.fchmod(self.fd, SHARED_FILE_MODE)  # umask may have dropped group write
-        self.ino = (st.st_dev, st.st_ino)
-
-    def _open_readonly(self) -> int:
-        try:
-            return os.open(self.path, os.O_RDONLY | _NOFOLLOW)
-        except OSError as exc:
-            raise CacheWriteError(
-                f"cannot open lock {self.path}: {exc.strerror or exc}", path=str(self.path)
-            ) from exc
-
-    def try_acquire(self) -> bool:
-        try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as exc:
-            if exc.errno in _CONTENDED:
-                return False
-            code = errno.errorcode.get(exc.errno or 0, str(exc.errno))
-            raise CacheWriteError(
-                f"flock on {self.path} failed with {code}; set HUB_PREFETCH_LOCK=lease (or auto)",
-                path=str(self.path),
-            ) from exc
-        try:
-            st = os.lstat(self.path)
-        except FileNotFoundError:
-            st = None
-        if st is None or (st.st_dev, st.st_ino) != self.ino:
-            # Someone removed or replaced the file while we waited: a lock on an orphan inode excludes
-            # nobody. Start over on whatever the name points to now.
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-            os.close(self.fd)
-            self._open()
-            return False
-        now = time.time()
-        self.record = replace(self.record, acquired_at=now, heartbeat_at=now)
-        self._write(encode_record(self.record))
-        return True
-
-    def _write(self, data: bytes) -> None:
-        if not self.writable:
-            return
-        try:
-            os.pwrite(self.fd, data, 0)
-            os.ftruncate(self.fd, len(data))
-        except OSError as exc:
-            logger.debug("could not record the holder in %s: %s", self.path, exc)
-
-    def release(self) -> None:
-        try:
-            r = self.record
-            self._write(encode_record(r, state="free"))
-            fcntl.flock(self.fd, fcntl.LOCK_UN)
-        finally:
-            os.close(self.fd)
-
-    def close(self) -> None:
-        os.close(self.fd)
-
-
 # -- the in-process registry ------------------------------------------------------------------------
 class _Slot:
     """Per process and lock file: the gate threads queue on, and who holds it how deeply."""
@@ -205,7 +85,7 @@ class _Slot:
         self.gate = threading.Lock()
         self.owner: object = None
         self.depth = 0
-        self.hold: _FlockHold | Lease | None = None
+        self.hold: Backend | None = None
 
 
 _slots: dict[str, _Slot] = {}
@@ -223,12 +103,8 @@ def _slot(key: str) -> _Slot:
 def _after_fork_in_child() -> None:
     global _slots, _slots_lock  # noqa: PLW0603 - the child must not inherit the parent's holds
     for slot in _slots.values():
-        if isinstance(slot.hold, _FlockHold):
-            # Closing our copy leaves the parent's flock intact; never LOCK_UN, which would drop it.
-            with contextlib.suppress(OSError):
-                slot.hold.close()
-        elif isinstance(slot.hold, Lease):
-            slot.hold.abandon()
+        if slot.hold is not None:
+            slot.hold.close()  # the parent's hold: neither refreshed nor released here
     _slots = {}
     _slots_lock = threading.Lock()
 
@@ -249,15 +125,17 @@ class RepoLock:
         repo_type: str = "model",
         revision: str = "main",
         settings: Settings | None = None,
-        backend: BackendName | None = None,
+        backend: LockBackendName | None = None,
         timeout: float | None = None,
         lease_ttl: float | None = None,
         host_id: str | None = None,
+        clock: Clock | None = None,
     ) -> None:
+        """``clock`` (default: the real one) is what waits, deadlines, TTLs and record times use."""
         self.cache_dir = Path(cache_dir).expanduser()
         self.repo_id, self.repo_type, self.revision = str(repo_id), str(repo_type), str(revision)
         s = settings if settings is not None else Settings.from_env(cache_dir=self.cache_dir)
-        self.requested_backend: BackendName = backend or s.lock_backend
+        self.requested_backend: LockBackendName = backend or s.lock_backend
         if self.requested_backend not in ("auto", "flock", "lease"):
             raise InvalidRequestError(f"lock backend {backend!r}: expected auto, flock or lease")
         self.timeout = timeout if timeout is not None else s.lock_timeout
@@ -265,19 +143,20 @@ class RepoLock:
         if self.lease_ttl <= 0:
             raise InvalidRequestError(f"lease ttl must be positive, got {self.lease_ttl}")
         self.wait_log_interval = max(float(s.wait_log_interval), 0.01)
-        self.identity = HostIdentity.local(host_id)
+        self.identity = HostIdentity.local(host_id or s.host_id)
         digest = key_hash(self.repo_type, self.repo_id, self.revision)
         self.lock_dir = lock_dir(self.cache_dir)
         self.path = self.lock_dir / f"{digest}.lock"
         self.lease_path = self.lock_dir / f"{digest}.lease"
-        self.probe_reason = ""
-        self._backend: str | None = None
+        self.clock: Clock = clock if clock is not None else SYSTEM_CLOCK
+        self._probe: FsProbe | None = None
         self._slot_key = ""
         self._depth = 0
         self._pid = os.getpid()
 
     def __repr__(self) -> str:
-        return f"RepoLock({self.describe()!r}, path={str(self.path)!r}, backend={self._backend or '?'})"
+        backend = self._probe.backend if self._probe is not None else "?"
+        return f"RepoLock({self.describe()!r}, path={str(self.path)!r}, backend={backend})"
 
     def describe(self) -> str:
         return f"{self.repo_id}@{self.revision}" + (
@@ -285,17 +164,27 @@ class RepoLock:
         )
 
     @property
-    def backend(self) -> str:
-        """``"flock"`` or ``"lease"``: the backend in use (probes the lock folder on first access)."""
-        if self._backend is None:
+    def probe(self) -> FsProbe:
+        """What the lock folder supports and the backend chosen (probes it on first access)."""
+        if self._probe is None:
             ensure_dir(self.lock_dir)
             # Threads of this process queue on one gate per real file, however the cache was spelled.
             self._slot_key = os.path.join(os.path.realpath(self.lock_dir), self.path.name)
             if self.requested_backend == "auto":
-                self._backend, self.probe_reason = probe_backend(self.lock_dir)
+                self._probe = probe_filesystem(self.lock_dir)
             else:
-                self._backend, self.probe_reason = self.requested_backend, "requested"
-        return self._backend
+                self._probe = FsProbe.requested(self.requested_backend)
+        return self._probe
+
+    @property
+    def probe_reason(self) -> str:
+        """``probe.reason``: why this backend (``"requested"`` when chosen by name)."""
+        return self.probe.reason
+
+    @property
+    def backend(self) -> Literal["flock", "lease"]:
+        """``"flock"`` or ``"lease"``: the backend in use (probes the lock folder on first access)."""
+        return self.probe.backend
 
     @property
     def file(self) -> Path:
@@ -313,7 +202,7 @@ class RepoLock:
         return HolderInfo(
             host=me.host,
             pid=os.getpid(),
-            start_time=_own_start_time(),
+            start_time=own_start_time(),
             token=secrets.token_hex(16),
             acquired_at=0.0,
             heartbeat_at=0.0,
@@ -327,12 +216,10 @@ class RepoLock:
         )
 
     def holder(self) -> HolderInfo | None:
-        """Who holds the lock now, from its owner record; None when free (or its holder is dead here)."""
-        found = read_nofollow(self.file)
-        info = decode_record(found[0]) if found else None
-        if info is None or (self.backend == "flock" and dead_reason(info, self.identity)):
-            return None
-        return info
+        """Who holds the lock now, from its owner record; None when free (or a flock holder is dead here)."""
+        if self.backend == "flock":
+            return flock.read_holder(self.path, self.identity)
+        return lease.read_holder(self.lease_path)
 
     # -- acquire / release -------------------------------------------------------------------------
     def acquire(self, timeout: float | None = None) -> RepoLock:
@@ -363,28 +250,27 @@ class RepoLock:
             slot.depth += 1
             self._depth += 1
             return
-        start = time.monotonic()
+        clock = self.clock
+        start = clock.monotonic()
         deadline = None if timeout is None or timeout < 0 else start + timeout
         next_log = start + self.wait_log_interval
-        poll_max = _FLOCK_POLL_MAX if backend == "flock" else _LEASE_POLL_MAX
+        poll_max = _POLL_MAX[backend]
         delay = 0.0005
         gate_held = False
-        hold: _FlockHold | Lease | None = None
+        hold: Backend | None = None
         logged = False
         try:
             while True:
-                now = time.monotonic()
+                now = clock.monotonic()
                 if not gate_held:
                     remaining = None if deadline is None else max(deadline - now, 0.0)
                     wait = min(_GATE_SLICE, next_log - now, *(() if remaining is None else (remaining,)))
-                    gate_held = (
-                        slot.gate.acquire(timeout=max(wait, 0.0)) if wait > 0 else slot.gate.acquire(False)
-                    )
+                    gate_held = clock.acquire(slot.gate, wait) if wait > 0 else slot.gate.acquire(False)
                     if gate_held:
                         hold = self._new_hold(backend)
                 if hold is not None and hold.try_acquire():
                     break
-                now = time.monotonic()
+                now = clock.monotonic()
                 if deadline is not None and now >= deadline:
                     self._raise_timeout(start, hold)
                 if cancel is not None and cancel.is_set():
@@ -398,10 +284,10 @@ class RepoLock:
                     pause = delay * random.uniform(0.5, 1.0)
                     if deadline is not None:
                         pause = min(pause, max(deadline - now, 0.0))
-                    time.sleep(max(min(pause, next_log - now), 0.0))
+                    clock.sleep(max(min(pause, next_log - now), 0.0))
                     delay = min(delay * 2, poll_max)
         except BaseException:
-            if isinstance(hold, _FlockHold):
+            if hold is not None:
                 hold.close()
             if gate_held:
                 slot.gate.release()
@@ -409,25 +295,23 @@ class RepoLock:
         slot.owner, slot.depth, slot.hold = owner, 1, hold
         self._depth += 1
         if logged:
-            logger.info("acquired %s after %.1f s (%s)", self.describe(), time.monotonic() - start, backend)
+            logger.info("acquired %s after %.1f s (%s)", self.describe(), clock.monotonic() - start, backend)
 
-    def _new_hold(self, backend: str) -> _FlockHold | Lease:
+    def _new_hold(self, backend: str) -> Backend:
         record = self._record()
         if backend == "flock":
-            return _FlockHold(self.path, record)
-        return Lease(self.lease_path, record, self.identity, self.lease_ttl)
+            return flock.FlockBackend(self.path, record, self.identity, self.clock)
+        return lease.Lease(self.lease_path, record, self.identity, self.lease_ttl, self.clock)
 
-    def _holder_seen(self, hold: _FlockHold | Lease | None) -> HolderInfo | None:
-        if isinstance(hold, Lease) and hold.last_seen is not None:
-            return hold.last_seen
-        return self.holder()
+    def _holder_seen(self, hold: Backend | None) -> HolderInfo | None:
+        return hold.holder() if hold is not None else self.holder()
 
-    def _log_wait(self, start: float, hold: _FlockHold | Lease | None, *, level: int) -> None:
+    def _log_wait(self, start: float, hold: Backend | None, *, level: int) -> None:
         info = self._holder_seen(hold)
         if info is None:
             who = "an unknown holder"
         else:
-            held_for = max(time.time() - info.acquired_at, 0.0) if info.acquired_at else 0.0
+            held_for = max(self.clock.time() - info.acquired_at, 0.0) if info.acquired_at else 0.0
             who = f"{info.describe()} for {held_for:.0f} s"
         logger.log(
             level,
@@ -435,11 +319,11 @@ class RepoLock:
             self.describe(),
             who,
             self.backend,
-            time.monotonic() - start,
+            self.clock.monotonic() - start,
         )
 
-    def _raise_timeout(self, start: float, hold: _FlockHold | Lease | None) -> None:
-        waited = time.monotonic() - start
+    def _raise_timeout(self, start: float, hold: Backend | None) -> None:
+        waited = self.clock.monotonic() - start
         info = self._holder_seen(hold)
         who = info.describe() if info is not None else "an unknown holder"
         raise LockTimeout(
@@ -472,12 +356,6 @@ class RepoLock:
         finally:
             slot.gate.release()
 
-    def _pause_heartbeat(self) -> None:
-        """Test hook: the holder keeps the lease but stops refreshing it (a hung holder)."""
-        hold = _slot(self._slot_key).hold
-        if isinstance(hold, Lease):
-            hold.pause_heartbeat()
-
     def __enter__(self) -> RepoLock:
         return self.acquire()
 
@@ -488,8 +366,8 @@ class RepoLock:
 
     async def __aenter__(self) -> RepoLock:
         owner = ("task", id(asyncio.current_task()))
-        if self._backend is None:
-            await asyncio.to_thread(lambda: self.backend)  # the first probe touches the disk
+        if self._probe is None:
+            await asyncio.to_thread(lambda: self.probe)  # the first probe touches the disk
         slot = _slot(self._slot_key)
         if slot.owner == owner and slot.depth > 0:
             self._acquire(None, owner, None)
@@ -525,101 +403,6 @@ class RepoLock:
         await asyncio.to_thread(self.release)
 
 
-_start_time_cache: dict[int, int | None] = {}
-
-
-def _own_start_time() -> int | None:
-    pid = os.getpid()
-    if pid not in _start_time_cache:
-        _start_time_cache[pid] = _process_start_time(pid)
-    return _start_time_cache[pid]
-
-
 def repo_lock(cache_dir: str | Path, repo_id: str, **kw: Any) -> RepoLock:
     """``RepoLock(cache_dir, repo_id, **kw)``: use as ``with repo_lock(cache, "org/name"):``."""
     return RepoLock(cache_dir, repo_id, **kw)
-
-
-def list_locks(cache_dir: str | Path, *, host_id: str | None = None) -> list[LockInfo]:
-    """Every repo lock file in a cache with its holder and whether it is stale (``hub-prefetch locks``)."""
-    folder = lock_dir(Path(cache_dir).expanduser())
-    me = HostIdentity.local(host_id)
-    try:
-        names = sorted(os.listdir(folder))
-    except FileNotFoundError:
-        return []
-    except OSError as exc:
-        raise CacheWriteError(f"cannot list {folder}: {exc.strerror or exc}", path=str(folder)) from exc
-    result = []
-    for name in names:
-        path = folder / name
-        if name.endswith(".lock") and not name.startswith("."):
-            result.append(_inspect_flock(path, me))
-        elif name.endswith(".lease") and not name.startswith("."):
-            result.append(_inspect_lease(path, me))
-    return result
-
-
-def _key_of(raw: bytes) -> tuple[str, str, str, str]:
-    try:
-        data = json.loads(raw) if raw else {}
-    except ValueError:
-        data = {}
-    if not isinstance(data, dict):
-        data = {}
-    repo_id, repo_type, revision = (str(data.get(k, "")) for k in ("repo_id", "repo_type", "revision"))
-    key = f"{repo_type}:{repo_id}@{revision}" if repo_id else "?"
-    return key, repo_id, repo_type, revision
-
-
-def _inspect_flock(path: Path, me: HostIdentity) -> LockInfo:
-    found = read_nofollow(path)
-    raw = found[0] if found else b""
-    key, repo_id, repo_type, revision = _key_of(raw)
-    info = decode_record(raw)
-    held = _flock_is_held(path)
-    if held is False:
-        reason = "free" if info is None else f"free: {info.describe()} exited without releasing"
-        info = None
-    elif held is None:
-        reason = "unknown: could not test the flock"
-    else:
-        reason = "held" if info is not None else "held by a process that recorded no owner"
-    return LockInfo(path, key, info, "flock", False, reason, repo_id, repo_type, revision)
-
-
-def _flock_is_held(path: Path) -> bool | None:
-    try:
-        fd = os.open(path, os.O_RDONLY | _NOFOLLOW)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except OSError as exc:
-        return True if exc.errno in _CONTENDED else None
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
-
-
-def _inspect_lease(path: Path, me: HostIdentity) -> LockInfo:
-    found = read_nofollow(path)
-    raw = found[0] if found else b""
-    key, repo_id, repo_type, revision = _key_of(raw)
-    info = decode_record(raw)
-    if info is None:
-        return LockInfo(
-            path, key, None, "lease", True, "unreadable lease record", repo_id, repo_type, revision
-        )
-    dead = dead_reason(info, me)
-    if dead:
-        return LockInfo(path, key, info, "lease", True, dead, repo_id, repo_type, revision)
-    silent = time.time() - info.heartbeat_at
-    if info.ttl and silent > info.ttl:
-        reason = f"heartbeat silent for {silent:.0f} s by this host's clock (ttl {info.ttl:g} s)"
-        return LockInfo(path, key, info, "lease", True, reason, repo_id, repo_type, revision)
-    return LockInfo(
-        path, key, info, "lease", False, f"held, heartbeat {silent:.0f} s ago", repo_id, repo_type, revision
-    )

@@ -1,0 +1,193 @@
+"""Who holds a lock and whether that holder is certainly dead: shared by both backends and distributed.
+
+* :class:`HostIdentity` is "this host": a host name (``Settings.host_id``, else the system's), the boot
+  id and the pid namespace. Pids are only comparable when all three match.
+* :class:`HolderInfo` is the owner record a holder writes into its lock file; :func:`encode_record` /
+  :func:`decode_record` are its versioned JSON codec (an empty, free, foreign or corrupt record
+  decodes to None), :func:`read_nofollow` reads a record file without following a planted symlink.
+* :func:`dead_reason` judges a holder from this host: gone, a zombie, a reused pid, or from before
+  a reboot. A holder on another host is never judged here (only its heartbeat can tell).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import stat
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+__all__ = [
+    "NOFOLLOW",
+    "RECORD_VERSION",
+    "HolderInfo",
+    "HostIdentity",
+    "PidState",
+    "dead_reason",
+    "decode_record",
+    "encode_record",
+    "own_start_time",
+    "pid_state",
+    "process_start_time",
+    "read_nofollow",
+]
+
+RECORD_VERSION = 1
+#: ``open`` flags for lock files: never follow a planted symlink, never leak into a child process.
+NOFOLLOW = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
+
+PidState = Literal["alive", "dead", "zombie"]
+
+
+@dataclass(frozen=True)
+class HostIdentity:
+    """Who "this host" is: pids are only comparable when all three match."""
+
+    host: str
+    boot_id: str | None
+    pidns: str | None
+
+    @classmethod
+    def local(cls, host_id: str | None = None) -> HostIdentity:
+        """This process's identity; ``host_id`` (``Settings.host_id``) names the host, else its host name."""
+        host = host_id or socket.gethostname()
+        boot_id = None
+        with contextlib.suppress(OSError):
+            boot_id = Path("/proc/sys/kernel/random/boot_id").read_text().strip() or None
+        pidns = None
+        with contextlib.suppress(OSError):
+            pidns = os.readlink("/proc/self/ns/pid")
+        return cls(host, boot_id, pidns)
+
+
+@dataclass(frozen=True)
+class HolderInfo:
+    """The owner record of a held lock, as its holder wrote it."""
+
+    host: str
+    pid: int
+    start_time: int | None
+    token: str
+    acquired_at: float
+    heartbeat_at: float
+    backend: str
+    repo_id: str = ""
+    repo_type: str = ""
+    revision: str = ""
+    ttl: float = 0.0
+    seq: int = 0
+    boot_id: str | None = None
+    pidns: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        # Shallow on purpose: every field is a scalar, and asdict's deepcopy dominated acquire cost.
+        return {name: getattr(self, name) for name in _HOLDER_FIELDS}
+
+    def describe(self) -> str:
+        return f"{self.host}:{self.pid}"
+
+
+_HOLDER_FIELDS = tuple(f.name for f in fields(HolderInfo))
+
+
+def process_start_time(pid: int) -> int | None:
+    """Start time of ``pid`` in clock ticks since boot (Linux), None when unknown."""
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    stat_fields = raw[raw.rfind(b")") + 2 :].split()
+    try:
+        return int(stat_fields[19])  # field 22 of stat(5); stat_fields[0] here is field 3
+    except (IndexError, ValueError):
+        return None
+
+
+_start_time_cache: dict[int, int | None] = {}
+
+
+def own_start_time() -> int | None:
+    """:func:`process_start_time` of this process, read once per pid (a forked child reads its own)."""
+    pid = os.getpid()
+    if pid not in _start_time_cache:
+        _start_time_cache[pid] = process_start_time(pid)
+    return _start_time_cache[pid]
+
+
+def pid_state(pid: int) -> PidState:
+    """``"alive"``, ``"dead"`` or ``"zombie"`` (a killed child not yet reaped still has a pid)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return "dead"
+    except PermissionError:
+        pass  # another user's live process
+    except OSError:
+        return "alive"
+    try:
+        raw = Path(f"/proc/{pid}/stat").read_bytes()
+    except FileNotFoundError:
+        return "dead"
+    except OSError:
+        return "alive"
+    tail = raw[raw.rfind(b")") + 2 :]
+    return "zombie" if tail[:1] in (b"Z", b"X") else "alive"
+
+
+def dead_reason(holder: HolderInfo, me: HostIdentity) -> str | None:
+    """Why ``holder`` is certainly dead, judged from this host; None if alive or not ours to judge."""
+    if holder.host != me.host or holder.pidns != me.pidns:
+        return None
+    if holder.boot_id and me.boot_id and holder.boot_id != me.boot_id:
+        return f"holder {holder.describe()} ran before this host rebooted"
+    if holder.pid == os.getpid():
+        return None
+    state = pid_state(holder.pid)
+    if state != "alive":
+        return f"holder {holder.describe()} is {'a zombie' if state == 'zombie' else 'gone'}"
+    if holder.start_time is not None:
+        now = process_start_time(holder.pid)
+        if now is not None and now != holder.start_time:
+            return f"holder pid {holder.pid} was reused by another process"
+    return None
+
+
+def encode_record(holder: HolderInfo, **extra: Any) -> bytes:
+    """The JSON owner record of ``holder`` (``extra`` keys, e.g. ``state="free"``, are added)."""
+    return json.dumps({"version": RECORD_VERSION, **holder.to_dict(), **extra}, sort_keys=True).encode()
+
+
+def decode_record(raw: bytes | None) -> HolderInfo | None:
+    """A holder record, or None for an empty, free, foreign or corrupt file."""
+    if not raw:
+        return None
+    try:
+        data = json.loads(raw)
+        if not isinstance(data, dict) or data.get("version") != RECORD_VERSION or data.get("state") == "free":
+            return None
+        return HolderInfo(**{k: v for k, v in data.items() if k in _HOLDER_FIELDS})
+    except (ValueError, TypeError):
+        return None
+
+
+def read_nofollow(path: Path) -> tuple[bytes, os.stat_result] | None:
+    """Content and stat of a regular file; None if absent. A planted symlink reads as empty."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError:
+        try:
+            return b"", os.lstat(path)
+        except FileNotFoundError:
+            return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return b"", st
+        return os.pread(fd, 1 << 16, 0), st
+    finally:
+        os.close(fd)
