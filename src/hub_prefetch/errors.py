@@ -17,6 +17,7 @@ already catch, so ``except OSError`` around a load keeps working::
     ├── CacheWriteError(HubPrefetchError, OSError)          read-only cache, disk full: path, errno
     ├── IncompleteSnapshotError(HubPrefetchError, OSError)  verification failed after repair: problems
     ├── LockTimeout(HubPrefetchError, TimeoutError)         lock_path, holder, waited_s, backend
+    ├── LockLostError(HubPrefetchError, OSError)            the lock was taken from us, again and again
     └── RemoteError(HubPrefetchError)                       another rank's untyped error: error_type
 
 Facts are declared keyword arguments, typed attributes and part of :attr:`HubPrefetchError.facts`;
@@ -44,6 +45,7 @@ __all__ = [
     "HubUnavailableError",
     "IncompleteSnapshotError",
     "InvalidRequestError",
+    "LockLostError",
     "LockTimeout",
     "OfflineCacheMissError",
     "RemoteError",
@@ -283,6 +285,32 @@ class LockTimeout(HubPrefetchError, TimeoutError):
         self.waited_s = waited_s
         self.backend = backend
         self.leader_rank = leader_rank
+
+
+class LockLostError(HubPrefetchError, OSError):
+    """The repo lock was taken from this holder (its lease went silent past its TTL, or an operator
+    deleted the lock file) before it finished, more times than it re-enters as a waiter.
+
+    A holder that loses the lock stops publishing at once and waits again; this error means that kept
+    happening (a holder frozen again and again, e.g. by a flapping network filesystem).
+
+    :ivar lock_path: the lock file.
+    :ivar epoch: the lease epoch that was lost (0 for ``flock``).
+    """
+
+    _FACTS = (*HubPrefetchError._FACTS, "lock_path", "epoch")
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        lock_path: str | None = None,
+        epoch: int | None = None,
+        **common: Unpack[CommonFacts],
+    ) -> None:
+        super().__init__(message, **common)
+        self.lock_path = lock_path
+        self.epoch = epoch
 
 
 class RemoteError(HubPrefetchError):

@@ -146,10 +146,12 @@ def test_any_text_key_hashes_to_a_file_in_the_lock_folder(
         assert lock.path.exists()
 
 
-def test_key_covers_type_id_and_revision(tmp_path: Path) -> None:
+def test_key_is_type_and_id_whatever_the_revision(tmp_path: Path) -> None:
     base = RepoLock(tmp_path, "org/m")
     assert RepoLock(tmp_path, "org/m").path == base.path
-    assert RepoLock(tmp_path, "org/m", revision="v1").path != base.path
+    # One writer per repo: a commit-pinned and a branch load share blobs, refs and per-blob locks.
+    assert RepoLock(tmp_path, "org/m", revision="v1").path == base.path
+    assert RepoLock(tmp_path, "org/m", revision="a" * 40).path == base.path
     assert RepoLock(tmp_path, "org/m", repo_type="dataset").path != base.path
     assert RepoLock(tmp_path, "org/n").path != base.path
     assert RepoLock(tmp_path / "other", "org/m").path.parent != base.path.parent
@@ -188,7 +190,9 @@ def test_probe_picks_flock_on_a_local_filesystem(tmp_path: Path) -> None:
     assert not probe.flock_raises
     lock = RepoLock(tmp_path, "org/m")
     assert lock.backend == "flock" and lock.probe == probe_filesystem(lock.lock_dir)
-    assert RepoLock(tmp_path, "org/m", backend="lease").probe.reason == "requested"
+    requested = RepoLock(tmp_path, "org/m", backend="lease").probe
+    assert requested.backend == "lease" and requested.reason.startswith("requested")
+    assert (requested.flock_works, requested.flock_excludes) == (True, True)  # still tested
     assert list(tmp_path.iterdir()) == [tmp_path / ".locks"]  # the probe file is gone
 
 

@@ -1,10 +1,12 @@
 """A repo lock that holds on every filesystem.
 
 ``RepoLock(cache_dir, repo_id, repo_type=..., revision=...)`` is keyed on (cache folder, repo type,
-repo id, revision). Its file lives in the cache's own lock folder, ``<cache>/.locks/hub_prefetch/``,
-named by a hash of (repo type, repo id, revision): never a path built from a raw repo id, never
-``/tmp``. The cache folder is part of the key by location rather than by hashing its path, so hosts
-that mount one shared cache at different paths still exclude each other.
+repo id), whatever the revision: one writer per repo, because loads of one repo pinned to a commit
+and on a branch share blobs, refs and huggingface_hub's per-blob locks (which the lease may switch
+off). The revision only names the holder's purpose in its record. The file lives in the cache's own
+lock folder, ``<cache>/.locks/hub_prefetch/``, named by a hash of (repo type, repo id): never a path
+built from a raw repo id, never ``/tmp``. The cache folder is part of the key by location rather than
+by hashing its path, so hosts that mount one shared cache at different paths still exclude each other.
 
 Backends (``HUB_PREFETCH_LOCK=auto|flock|lease``, or ``backend=``): :mod:`~hub_prefetch.lock.flock`
 on ``<hash>.lock`` where :mod:`~hub_prefetch.lock.probe` shows that it excludes (local filesystems),
@@ -27,6 +29,11 @@ that acquires a key it already holds (through this or any other ``RepoLock`` of 
 re-enters: the hold is counted and the lock is released when the last level is released. An
 asyncio task re-enters the same way (``async with``); a different task, even one that happens to
 run on the same executor thread, waits. After ``fork`` a child holds nothing it inherited.
+
+Fencing: :meth:`RepoLock.still_held` tells a holder whether the lock is still its own (a lease is
+taken over when its holder stayed silent for its TTL, e.g. frozen by an NFS failover; an operator may
+delete a lock file). Code that publishes into the cache asks before every step, and stops when not.
+:attr:`RepoLock.epoch` numbers a lease's acquisitions (it only grows).
 """
 
 from __future__ import annotations
@@ -115,7 +122,7 @@ if hasattr(os, "register_at_fork"):
 
 # -- the public lock --------------------------------------------------------------------------------
 class RepoLock:
-    """An exclusive lock on one (cache, repo type, repo id, revision); a sync and async context manager."""
+    """An exclusive lock on one (cache, repo type, repo id); a sync and async context manager."""
 
     def __init__(
         self,
@@ -144,7 +151,7 @@ class RepoLock:
             raise InvalidRequestError(f"lease ttl must be positive, got {self.lease_ttl}")
         self.wait_log_interval = max(float(s.wait_log_interval), 0.01)
         self.identity = HostIdentity.local(host_id or s.host_id)
-        digest = key_hash(self.repo_type, self.repo_id, self.revision)
+        digest = key_hash("repo-lock-v2", self.repo_type, self.repo_id)
         self.lock_dir = lock_dir(self.cache_dir)
         self.path = self.lock_dir / f"{digest}.lock"
         self.lease_path = self.lock_dir / f"{digest}.lease"
@@ -170,10 +177,14 @@ class RepoLock:
             ensure_dir(self.lock_dir)
             # Threads of this process queue on one gate per real file, however the cache was spelled.
             self._slot_key = os.path.join(os.path.realpath(self.lock_dir), self.path.name)
-            if self.requested_backend == "auto":
-                self._probe = probe_filesystem(self.lock_dir)
+            found = probe_filesystem(self.lock_dir)
+            requested = self.requested_backend
+            if requested == "auto" or requested == found.backend:  # noqa: PLR1714 - mypy narrows this form
+                self._probe = found
             else:
-                self._probe = FsProbe.requested(self.requested_backend)
+                # Chosen by name, but what flock does here is still known: where it raises,
+                # huggingface_hub's per-blob locks must be switched off whatever the backend.
+                self._probe = found.requested(requested)
         return self._probe
 
     @property
@@ -258,6 +269,7 @@ class RepoLock:
         delay = 0.0005
         gate_held = False
         hold: Backend | None = None
+        won = False
         logged = False
         try:
             while True:
@@ -269,6 +281,7 @@ class RepoLock:
                     if gate_held:
                         hold = self._new_hold(backend)
                 if hold is not None and hold.try_acquire():
+                    won = True
                     break
                 now = clock.monotonic()
                 if deadline is not None and now >= deadline:
@@ -286,14 +299,22 @@ class RepoLock:
                         pause = min(pause, max(deadline - now, 0.0))
                     clock.sleep(max(min(pause, next_log - now), 0.0))
                     delay = min(delay * 2, poll_max)
+            slot.owner, slot.depth, slot.hold = owner, 1, hold
+            self._depth += 1
         except BaseException:
+            # Interrupted or failed anywhere above, even after winning: give back exactly what we
+            # took (the lock itself if won, the descriptor, the in-process gate), so nothing leaks.
+            if self._depth and slot.hold is hold and hold is not None:
+                self._depth -= 1
+                slot.owner, slot.depth, slot.hold = None, 0, None
             if hold is not None:
-                hold.close()
+                if won:
+                    hold.release()
+                else:
+                    hold.close()
             if gate_held:
                 slot.gate.release()
             raise
-        slot.owner, slot.depth, slot.hold = owner, 1, hold
-        self._depth += 1
         if logged:
             logger.info("acquired %s after %.1f s (%s)", self.describe(), clock.monotonic() - start, backend)
 
@@ -336,6 +357,23 @@ class RepoLock:
             revision=self.revision,
             backend=self.backend,
         )
+
+    def still_held(self) -> bool:
+        """Fencing: whether this process still holds the lock it acquired (False when not held).
+
+        A lease may be taken over after its holder was silent for its TTL (frozen, partitioned), and
+        an operator may delete a lock file; a holder asks before every step that publishes.
+        """
+        if not self.is_held:
+            return False
+        hold = _slot(self._slot_key).hold
+        return hold is not None and hold.still_held()
+
+    @property
+    def epoch(self) -> int:
+        """The acquisition number of the held lease (grows with every acquisition); 0 for ``flock``."""
+        hold = _slot(self._slot_key).hold if self.is_held else None
+        return int(getattr(hold, "epoch", 0))
 
     def release(self) -> None:
         """Release one level; the lock itself is released with the last one."""

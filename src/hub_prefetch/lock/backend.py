@@ -5,7 +5,8 @@
 won the in-process gate, and drives it only through this protocol: ``try_acquire`` until it returns
 True, then ``release``; ``close`` when the wait ends without the lock (a timeout, a cancellation, an
 error) and, in a forked child, for every hold it inherited (which the child must neither refresh nor
-release). ``holder`` names whoever holds the lock, for "still waiting" lines and timeouts.
+release). ``holder`` names whoever holds the lock, for "still waiting" lines and timeouts;
+``still_held`` is the fencing check a holder makes before each step that publishes into the cache.
 """
 
 from __future__ import annotations
@@ -25,6 +26,10 @@ class Backend(Protocol):
 
     def try_acquire(self) -> bool:
         """One non-blocking attempt: True when this contender now holds the lock."""
+        ...
+
+    def still_held(self) -> bool:
+        """Fencing: whether the lock this contender won is still its own (cheap: a stat or a read)."""
         ...
 
     def release(self) -> None:

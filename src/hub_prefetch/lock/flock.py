@@ -86,6 +86,7 @@ class FlockBackend:
     def _open(self) -> None:
         path = self.path
         self.writable = True
+        self.fd = -1
         try:
             self.fd = os.open(path, os.O_RDWR | os.O_CREAT | NOFOLLOW, SHARED_FILE_MODE)
         except PermissionError:
@@ -96,7 +97,7 @@ class FlockBackend:
             raise CacheWriteError(f"cannot open lock {path}: {exc.strerror or exc}", path=str(path)) from exc
         st = os.fstat(self.fd)
         if not stat.S_ISREG(st.st_mode):
-            os.close(self.fd)
+            self.close()
             raise CacheWriteError(f"lock {path} is not a regular file", path=str(path))
         if st.st_uid == os.geteuid() and st.st_mode & 0o777 != SHARED_FILE_MODE:
             with contextlib.suppress(OSError):
@@ -129,7 +130,7 @@ class FlockBackend:
             # Someone removed or replaced the file while we waited: a lock on an orphan inode excludes
             # nobody. Start over on whatever the name points to now.
             unlock(self.fd)
-            os.close(self.fd)
+            self.close()
             self._open()
             return False
         now = self.clock.time()
@@ -146,6 +147,15 @@ class FlockBackend:
         except OSError as exc:
             logger.debug("could not record the holder in %s: %s", self.path, exc)
 
+    def still_held(self) -> bool:
+        """Fencing: the kernel never takes a ``flock`` away, but an operator may delete or replace the
+        file, after which a newcomer locks a new inode: held only while the name is our inode."""
+        try:
+            st = os.lstat(self.path)
+        except OSError:
+            return False
+        return self.fd >= 0 and (st.st_dev, st.st_ino) == self.ino
+
     def holder(self) -> HolderInfo | None:
         """Who holds the lock now, from its owner record (None when free or its holder died here)."""
         return read_holder(self.path, self.me)
@@ -156,10 +166,13 @@ class FlockBackend:
             self._write(encode_record(self.record, state="free"))
             unlock(self.fd)
         finally:
-            os.close(self.fd)
+            self.close()
 
     def close(self) -> None:
         """Close the descriptor without unlocking: a failed attempt, or a forked child's copy (closing
-        it leaves the parent's lock intact; LOCK_UN would drop it)."""
-        with contextlib.suppress(OSError):
-            os.close(self.fd)
+        it leaves the parent's lock intact; LOCK_UN would drop it). Idempotent: a descriptor number is
+        closed once, never again after another thread may have reused it."""
+        fd, self.fd = self.fd, -1
+        if fd >= 0:
+            with contextlib.suppress(OSError):
+                os.close(fd)

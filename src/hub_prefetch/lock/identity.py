@@ -5,8 +5,9 @@
 * :class:`HolderInfo` is the owner record a holder writes into its lock file; :func:`encode_record` /
   :func:`decode_record` are its versioned JSON codec (an empty, free, foreign or corrupt record
   decodes to None), :func:`read_nofollow` reads a record file without following a planted symlink.
-* :func:`dead_reason` judges a holder from this host: gone, a zombie, a reused pid, or from before
-  a reboot. A holder on another host is never judged here (only its heartbeat can tell).
+* :func:`dead_reason` judges a holder from this machine (:func:`same_machine`: the same boot id and pid
+  namespace, never the host name): gone, a zombie or a reused pid. A holder on another machine, on
+  an earlier boot, or without a boot id is never judged here (only its heartbeat can tell).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "pid_state",
     "process_start_time",
     "read_nofollow",
+    "same_machine",
 ]
 
 RECORD_VERSION = 1
@@ -44,7 +46,8 @@ PidState = Literal["alive", "dead", "zombie"]
 
 @dataclass(frozen=True)
 class HostIdentity:
-    """Who "this host" is: pids are only comparable when all three match."""
+    """Who "this machine" is: ``host`` names it for people; ``boot_id`` and ``pidns`` decide whether a
+    pid recorded elsewhere can be judged here (:func:`same_machine`)."""
 
     host: str
     boot_id: str | None
@@ -81,6 +84,7 @@ class HolderInfo:
     seq: int = 0
     boot_id: str | None = None
     pidns: str | None = None
+    epoch: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         # Shallow on purpose: every field is a scalar, and asdict's deepcopy dominated acquire cost.
@@ -118,32 +122,43 @@ def own_start_time() -> int | None:
 
 
 def pid_state(pid: int) -> PidState:
-    """``"alive"``, ``"dead"`` or ``"zombie"`` (a killed child not yet reaped still has a pid)."""
+    """``"alive"``, ``"dead"`` or ``"zombie"`` (a killed child not yet reaped still has a pid).
+
+    ``kill(pid, 0)`` answering EPERM proves the process exists (another user's): it is alive, whatever
+    ``/proc`` shows (under ``hidepid=2`` another user's ``/proc/<pid>`` is simply absent).
+    """
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return "dead"
-    except PermissionError:
-        pass  # another user's live process
     except OSError:
-        return "alive"
+        return "alive"  # EPERM: exists; anything else: we cannot tell, so never "dead"
     try:
         raw = Path(f"/proc/{pid}/stat").read_bytes()
-    except FileNotFoundError:
-        return "dead"
     except OSError:
-        return "alive"
+        return "alive"  # kill() just said it exists; /proc may hide it
     tail = raw[raw.rfind(b")") + 2 :]
     return "zombie" if tail[:1] in (b"Z", b"X") else "alive"
 
 
+def same_machine(holder: HolderInfo, me: HostIdentity) -> bool:
+    """Whether ``holder``'s pid can be judged here: the same boot id and the same pid namespace.
+
+    The host name is a label for people, never evidence: cloned images all say ``localhost``,
+    containers share a ``--hostname``, and the initial pid namespace has the same name
+    (``pid:[4026531836]``) on every Linux machine. Only the boot id tells machines (and boots) apart;
+    a holder without one, or seen from a process without one, is remote.
+    """
+    return bool(holder.boot_id and me.boot_id and holder.boot_id == me.boot_id and holder.pidns == me.pidns)
+
+
 def dead_reason(holder: HolderInfo, me: HostIdentity) -> str | None:
-    """Why ``holder`` is certainly dead, judged from this host; None if alive or not ours to judge."""
-    if holder.host != me.host or holder.pidns != me.pidns:
-        return None
-    if holder.boot_id and me.boot_id and holder.boot_id != me.boot_id:
-        return f"holder {holder.describe()} ran before this host rebooted"
-    if holder.pid == os.getpid():
+    """Why ``holder`` is certainly dead, judged from this machine; None if alive or not ours to judge.
+
+    A holder on another machine (or another boot of this one, or one we cannot compare) is never
+    judged here: only its heartbeat going silent for its TTL can tell.
+    """
+    if not same_machine(holder, me) or holder.pid == os.getpid():
         return None
     state = pid_state(holder.pid)
     if state != "alive":

@@ -7,14 +7,22 @@ Protocol (every contender follows it; no step trusts clocks of other hosts):
   closed after each write, which is what publishes it to other NFS clients (close-to-open).
 * **heartbeat**: a daemon thread rewrites the record in place every TTL/3 (a bumped ``seq``), after
   checking that the path still names the inode it created.
-* **stale**: a holder on *this* host (same host name, boot id and pid namespace) whose pid is gone,
-  a zombie, or a different process (start time) is dead now. A holder elsewhere is dead once its
-  file stayed byte-for-byte unchanged for the TTL *it* recorded, as measured on the waiter's own
-  monotonic clock. A live, heartbeating holder is never evicted.
+* **epoch**: the new holder then takes the next number of ``<hash>.epoch`` (a counter only holders
+  write) and records it in its lease: every acquisition of a repo gets a larger epoch than the last.
+* **stale**: a holder on *this machine* (same boot id and pid namespace, never judged by host name)
+  whose pid is gone, a zombie, or a different process (start time) is dead now. A holder elsewhere is
+  dead once its file stayed byte-for-byte unchanged for the TTL *it* recorded, as measured on the
+  waiter's own monotonic clock, counting only time in which the waiter itself ran: a gap between two
+  of its polls longer than a heartbeat interval (the waiter was stopped, swapped out, or frozen with
+  the holder by an NFS failover) restarts the count. A live, heartbeating holder is never evicted.
 * **takeover**: exactly one waiter per stale generation (the holder's token) wins an ``O_EXCL``
-  ``<hash>.break.<token>`` marker; it re-reads the lease, renames it aside to a unique name, checks
-  that what it moved is the generation it judged stale (else puts it back), deletes it, and then
+  ``<hash>.break.<token>`` marker; it re-reads the lease and goes on only if it is byte for byte what
+  it judged stale, renames it aside to a unique name, checks the moved bytes again (else puts the file
+  back with ``link()``, which never replaces a lease someone created meanwhile), deletes it, and then
   competes with everyone else in a plain exclusive create.
+* **fencing**: the holder asks :meth:`Lease.still_held` (its token still in the file at its inode)
+  before every step that publishes into the cache; an evicted holder stops there. No code path
+  overwrites or deletes a lease file it does not own.
 """
 
 from __future__ import annotations
@@ -76,6 +84,10 @@ class Lease:
         self.last_seen: HolderInfo | None = None
         self._ino: tuple[int, int] | None = None
         self._seen: tuple[object, float] | None = None
+        self._last_poll: float | None = None
+        #: A gap between two polls longer than this means the waiter did not run (stopped, frozen).
+        self.stall_gap = max(ttl / 3.0, 1.0)
+        self.epoch = 0
         self._markers_seen: dict[str, float] = {}
         self.interval = max(ttl / 3.0, 0.01)
         self._active = False
@@ -93,10 +105,14 @@ class Lease:
         holder = decode_record(raw)
         self.last_seen = holder
         reason = dead_reason(holder, self.me) if holder is not None else None
+        now = self.clock.monotonic()
+        stalled = self._last_poll is not None and now - self._last_poll > self.stall_gap
+        self._last_poll = now
         if reason is None:
             fingerprint = (st.st_ino, st.st_size, st.st_mtime_ns, raw)
-            now = self.clock.monotonic()
-            if self._seen is None or self._seen[0] != fingerprint:
+            if self._seen is None or self._seen[0] != fingerprint or stalled:
+                # A changed file is a live holder; after a gap in our own polling, the silence we saw
+                # is not evidence either: the holder may have been frozen with us.
                 self._seen = (fingerprint, now)
                 return False
             ttl = holder.ttl if holder is not None and holder.ttl > 0 else self.ttl
@@ -104,7 +120,7 @@ class Lease:
             if silent < ttl:
                 return False
             reason = f"its lease file stayed unchanged for {silent:.1f} s (ttl {ttl:g} s)"
-        if self._break(_generation(raw, holder), holder, reason):
+        if self._break(raw, holder, reason):
             return self._create()
         return False
 
@@ -122,25 +138,74 @@ class Lease:
             st = os.fstat(fd)
             self._ino = (st.st_dev, st.st_ino)
             now = self.clock.time()
-            self.record = replace(self.record, acquired_at=now, heartbeat_at=now, seq=0)
+            self.record = replace(self.record, acquired_at=now, heartbeat_at=now, seq=0, epoch=0)
             with contextlib.suppress(OSError):
                 os.fchmod(fd, SHARED_FILE_MODE)  # umask may have dropped group write
             os.write(fd, encode_record(self.record))
-        except OSError as exc:
-            os.close(fd)
-            with contextlib.suppress(OSError):
-                self.path.unlink()
-            raise CacheWriteError(
-                f"cannot write lease {self.path}: {exc.strerror or exc}", path=str(self.path)
-            ) from exc
-        os.close(fd)  # publishes the record to other NFS clients
+            os.close(fd)  # publishes the record to other NFS clients
+            fd = -1
+            self.epoch = self._next_epoch()
+            self.record = replace(self.record, epoch=self.epoch)
+            self._rewrite()
+        except BaseException as exc:
+            # Whatever stopped us (a full disk, Ctrl-C) between creating the file and holding it: the
+            # file is ours and nobody will ever refresh it, so it goes now, not after a TTL.
+            if fd >= 0:
+                os.close(fd)
+            self._remove_own()
+            self._ino = None
+            if isinstance(exc, OSError):
+                raise CacheWriteError(
+                    f"cannot write lease {self.path}: {exc.strerror or exc}", path=str(self.path)
+                ) from exc
+            raise
         self._seen = None
         self.lost = False
         self._start_heartbeat()
         return True
 
-    def _break(self, generation: str, holder: HolderInfo | None, reason: str) -> bool:
-        """Remove a stale lease; True if this call removed it (the caller then competes to create)."""
+    def _next_epoch(self) -> int:
+        """Take the next acquisition number of this lock (called holding the freshly created lease)."""
+        counter = self.path.with_suffix(".epoch")
+        found = read_nofollow(counter)
+        try:
+            last = int(found[0].decode().strip() or 0) if found else 0
+        except ValueError:
+            last = 0
+        epoch = last + 1
+        tmp = counter.with_name(f".{counter.name}.{secrets.token_hex(6)}")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, SHARED_FILE_MODE)
+        try:
+            os.write(fd, str(epoch).encode())
+        finally:
+            os.close(fd)
+        os.replace(tmp, counter)  # replaces the name, never follows a link planted there
+        return epoch
+
+    def _rewrite(self) -> None:
+        """Write the record in place into the lease file this hold created (the heartbeat's write)."""
+        fd = os.open(self.path, os.O_RDWR | NOFOLLOW)
+        try:
+            st = os.fstat(fd)
+            if (st.st_dev, st.st_ino) != self._ino:
+                raise FileNotFoundError(f"lease {self.path} is no longer the file this hold created")
+            data = encode_record(self.record)
+            os.pwrite(fd, data, 0)
+            os.ftruncate(fd, len(data))
+        finally:
+            os.close(fd)
+
+    def _remove_own(self) -> None:
+        """Delete the lease file if, and only if, it is still the one this hold created."""
+        with contextlib.suppress(OSError):
+            st = os.lstat(self.path)
+            if self._ino is not None and (st.st_dev, st.st_ino) == self._ino:
+                os.unlink(self.path)
+
+    def _break(self, judged: bytes, holder: HolderInfo | None, reason: str) -> bool:
+        """Remove a stale lease whose bytes were ``judged``; True if this call removed it (the caller
+        then competes to create). A lease that changed in any byte since it was judged is left alone."""
+        generation = _generation(judged, holder)
         marker = self.path.with_name(f"{self.path.stem}.break.{generation}")
         try:
             fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL | NOFOLLOW, SHARED_FILE_MODE)
@@ -153,15 +218,15 @@ class Lease:
             os.write(fd, encode_record(self.record))
             os.close(fd)
             found = read_nofollow(self.path)
-            if found is None or _generation(found[0], decode_record(found[0])) != generation:
-                return False  # someone else finished the takeover first
+            if found is None or found[0] != judged:
+                return False  # a heartbeat, a release or another breaker came first
             aside = self.path.with_name(f"{self.path.stem}.stale.{secrets.token_hex(8)}")
             try:
                 os.rename(self.path, aside)
             except FileNotFoundError:
                 return False
             moved = read_nofollow(aside)
-            if moved is not None and _generation(moved[0], decode_record(moved[0])) == generation:
+            if moved is not None and moved[0] == judged:
                 aside.unlink()
                 who = holder.describe() if holder is not None else "an unreadable holder"
                 logger.warning("took over stale lock %s from %s: %s", self.path, who, reason)
@@ -173,16 +238,23 @@ class Lease:
                 marker.unlink()
 
     def _put_back(self, aside: Path) -> None:
-        # The holder released and someone re-created the lease between our read and rename: the file
-        # we moved is live. link() restores it only if the name is still free, never clobbering.
+        # The holder beat, or released and someone re-created the lease, between our read and rename:
+        # the file we moved is live. link() restores it only if the name is still free, never
+        # clobbering; where link() is refused (CIFS, many FUSE mounts) we leave it aside rather than
+        # rename over a lease we do not own, and its holder, fenced, re-enters as a waiter.
         try:
             os.link(aside, self.path)
         except FileExistsError:
             logger.error(  # noqa: TRY400 - an expected race outcome, not a crash
                 "lease %s was displaced during a takeover race; its holder will notice", self.path
             )
-        except OSError:
-            os.rename(aside, self.path)
+        except OSError as exc:
+            logger.error(  # noqa: TRY400 - an expected race outcome, not a crash
+                "lease %s was displaced during a takeover race and cannot be put back here (%s); "
+                "its holder will notice and wait again",
+                self.path,
+                exc.strerror or exc,
+            )
             return
         with contextlib.suppress(OSError):
             aside.unlink()
@@ -240,6 +312,28 @@ class Lease:
                 os.close(fd)  # close publishes the write to other NFS clients
         return True
 
+    def still_held(self) -> bool:
+        """Fencing: is the lease file still the one this hold created, with this hold's token in it?
+
+        One ``open`` and ``read``; the heartbeat thread's own finding (``lost``) answers first.
+        """
+        if self.lost or self._ino is None:
+            return False
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | NOFOLLOW)
+        except OSError:
+            self.lost = True
+            return False
+        try:
+            ours = self._is_ours(fd)
+        except OSError:
+            ours = False
+        finally:
+            os.close(fd)
+        if not ours:
+            self.lost = True
+        return ours
+
     def holder(self) -> HolderInfo | None:
         """The holder this contender last saw while waiting, else the record on disk now."""
         return self.last_seen if self.last_seen is not None else read_holder(self.path)
@@ -266,6 +360,7 @@ class Lease:
     def close(self) -> None:
         """Drop this contender without touching the file: a failed attempt, or after fork in the child
         (the parent's lease is not ours to refresh or delete)."""
+        _heartbeats.remove(self)
         self._active = False
         self._ino = None
 

@@ -25,7 +25,7 @@ import os
 import secrets
 import sys
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
@@ -94,9 +94,10 @@ class FsProbe:
 
     ``flock_works``: locking a fresh file succeeded; ``flock_excludes``: a second descriptor on it
     then conflicted; ``flock_error``: the errno name when ``flock`` raised (``"CONTENDED"`` when it
-    refused a lock on a file nobody else holds: EAGAIN, EWOULDBLOCK or EACCES). These three are None
-    when ``flock`` was not judged: a backend requested by name, or a network filesystem, whose type
-    alone chooses the lease. ``network_fs``/``fs_type`` are None when the backend was requested.
+    refused a lock on a file nobody else holds: EAGAIN, EWOULDBLOCK or EACCES). ``flock`` is tested on
+    every filesystem, network ones (whose type alone chooses the lease) and backends requested by name
+    included: where it raises, huggingface_hub's per-blob locks must be switched off whatever the
+    backend.
     """
 
     backend: Literal["flock", "lease"]
@@ -112,10 +113,9 @@ class FsProbe:
         """Whether ``flock`` raised here (then huggingface_hub's per-blob locks would fail too)."""
         return self.flock_error is not None
 
-    @classmethod
-    def requested(cls, backend: Literal["flock", "lease"]) -> FsProbe:
-        """The record of a backend chosen by name (``backend=`` or ``HUB_PREFETCH_LOCK``): no probe."""
-        return cls(backend, None, None, None, None, None, "requested")
+    def requested(self, backend: Literal["flock", "lease"]) -> FsProbe:
+        """This probe with the backend chosen by name (``backend=`` or ``HUB_PREFETCH_LOCK``)."""
+        return replace(self, backend=backend, reason=f"requested ({self.reason})")
 
 
 _probe_cache: dict[tuple[int, str], FsProbe] = {}
@@ -237,12 +237,10 @@ def probe_filesystem(directory: Path) -> FsProbe:
     if cached is not None:
         return cached
     name, remote = filesystem_type(directory)
+    result = _test_flock(directory, name)  # also where the type decides: whether flock raises matters
     if remote:
-        _remove_probe_file(*_probe_file(directory))  # still proves the folder is writable: a clear error
         reason = f"network filesystem {name}: a node-local flock does not exclude other hosts"
-        result = FsProbe("lease", None, None, None, True, name, reason)
-    else:
-        result = _test_flock(directory, name)
+        result = replace(result, backend="lease", network_fs=True, reason=reason)
     if result.backend == "lease":
         logger.warning("lock folder %s: using the lease backend because %s", directory, result.reason)
     with _probe_cache_lock:

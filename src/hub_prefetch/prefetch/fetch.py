@@ -12,7 +12,7 @@ import os
 import stat
 import threading
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 
 from huggingface_hub import hf_hub_download
@@ -21,6 +21,7 @@ from ..cache import blobs_dir
 from ..retry import call_with_retries
 from ..verify import ExpectedFile, Problem, check_files, clean_orphan_temps
 from .request import Request
+from .sidefiles import Fence
 
 __all__ = ["Fetcher", "clean_temps", "remove_entry"]
 
@@ -88,8 +89,9 @@ def _download(req: Request, commit: str, path: str) -> None:
 class Fetcher:
     """Downloads what is missing or wrong in one snapshot, in parallel, and keeps the tally."""
 
-    def __init__(self, req: Request, commit: str, listing: dict[str, ExpectedFile]) -> None:
+    def __init__(self, req: Request, commit: str, listing: dict[str, ExpectedFile], *, fence: Fence) -> None:
         self.req, self.commit, self.listing = req, commit, listing
+        self.fence = fence
         self.snapshot = req.snapshot(commit)
         self.blobs = blobs_dir(req.settings.cache_dir, req.repo_type, req.repo_id)
         self.downloaded: list[str] = []
@@ -102,19 +104,27 @@ class Fetcher:
         for p in todo:
             problem = check_files(self.snapshot, [self.listing[p]], deep=False)
             if problem and problem[0].kind == "size":
+                self.fence()
                 remove_entry(self.snapshot, p, blobs=self.blobs, blob_too=True)
         workers = max(1, min(self.req.settings.download_workers, len(todo)))
         if workers == 1:
             for p in todo:
                 self._one(p)
             return
-        with ThreadPoolExecutor(workers, thread_name_prefix="hub_prefetch") as pool:
-            for future in [pool.submit(self._one, p) for p in todo]:
-                future.result()
+        pool = ThreadPoolExecutor(workers, thread_name_prefix="hub_prefetch")
+        try:
+            futures = [pool.submit(self._one, p) for p in todo]
+            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+            for future in done:
+                future.result()  # the first failure (a fatal error, a lost lock) ends the fetch
+        finally:
+            # Queued downloads never start after a failure or Ctrl-C; running ones end by themselves.
+            pool.shutdown(wait=True, cancel_futures=True)
 
     def repair(self, problems: Sequence[Problem]) -> list[str]:
         """Drop every entry ``problems`` names (and the blob, when its content is wrong), fetch again."""
         for problem in problems:
+            self.fence()
             logger.warning(
                 "%s: repairing %s (%s: %s)", self.req.label, problem.path, problem.kind, problem.detail
             )
@@ -125,7 +135,9 @@ class Fetcher:
         return [p.path for p in problems]
 
     def _one(self, path: str) -> None:
+        self.fence()
         _download(self.req, self.commit, path)
+        self.fence()  # between files: an evicted holder stops after the file it was writing
         with self._lock:
             self.downloaded.append(path)
             self.bytes += self.listing[path].size or 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import time
 from collections.abc import Callable
 
@@ -35,6 +36,8 @@ from .sidefiles import (
 )
 
 __all__ = ["run", "select", "try_warm"]
+
+logger = logging.getLogger("hub_prefetch.prefetch")
 
 
 def _result(
@@ -122,15 +125,38 @@ def _offline(req: Request, *, deep: bool, started: float) -> PrefetchResult:
     return _result(req, commit, sizes, started=started, warm=True)
 
 
+def _fence(req: Request, lock: RepoLock) -> Callable[[], None]:
+    def fence() -> None:
+        if not lock.still_held():
+            raise _Evicted(
+                f"{req.label}: the repo lock {lock.file} was taken from this holder (epoch {lock.epoch})",
+                lock_path=str(lock.file),
+                epoch=lock.epoch,
+                repo_id=req.repo_id,
+                revision=req.revision,
+            )
+
+    return fence
+
+
+class _Evicted(errors.LockLostError):
+    """Raised by the fence inside the flow; :func:`run` waits again (at most ``_MAX_EVICTIONS`` times)."""
+
+
+_MAX_EVICTIONS = 3
+
+
 def _locked(req: Request, lock: RepoLock, *, deep: bool, started: float, waited: float) -> PrefetchResult:
-    """The download itself, holding the repo lock."""
+    """The download itself, holding the repo lock; every write into the cache is fenced."""
+    fence = _fence(req, lock)
     commit = known_commit(req, any_age=False)
     if commit is None:
-        commit, listing = fetch_listing(req, req.revision)
-        record_revision(req, commit)  # only a real answer about the branch renews its record
+        commit, listing = fetch_listing(req, req.revision, fence=fence)
+        record_revision(req, commit, fence=fence)  # only a real answer about the branch renews its record
     else:
-        listing = read_listing(req, commit) or fetch_listing(req, commit)[1]
-    fetcher = Fetcher(req, commit, listing)
+        listing = read_listing(req, commit) or fetch_listing(req, commit, fence=fence)[1]
+    fetcher = Fetcher(req, commit, listing, fence=fence)
+    fence()
     clean_temps(req, kernel_locks=lock.backend == "flock")
     if lock.probe.flock_raises:
         replace_blob_locks()
@@ -149,8 +175,8 @@ def _locked(req: Request, lock: RepoLock, *, deep: bool, started: float, waited:
                 problems=[f"{p.path}: {p.kind}" for p in problems],
             )
     sizes = {p: int(listing[p].size or 0) for p in selection.files}
-    mark_absent(req, commit, listing)
-    write_stamp(req, commit, sizes, deep=deep)
+    mark_absent(req, commit, listing, fence=fence)
+    write_stamp(req, commit, sizes, deep=deep, fence=fence)
     return _result(
         req, commit, sizes, started=started, warm=False, fetcher=fetcher, repaired=repaired, waited=waited
     )
@@ -213,23 +239,40 @@ def run(
             seen.append(warm)
         return warm is not None
 
-    try:
-        held = lock.acquire_unless(peer_finished)
-    except errors.CacheWriteError as exc:
-        return _unwritable(req, exc, deep=deep, started=started)
-    if not held:
-        return dataclasses.replace(seen[-1], waited_s=time.monotonic() - t0)
-    with contextlib.ExitStack() as stack:
-        stack.callback(lock.release)
-        waited = time.monotonic() - t0
-        if not force_check:
-            warm = try_warm(req, deep=deep, any_age=False, started=started)
-            if warm is not None:
-                return dataclasses.replace(warm, waited_s=waited)
+    evictions = 0
+    while True:
         try:
-            return _locked(req, lock, deep=deep, started=started, waited=waited)
-        except Exception:
-            # huggingface_hub < 1.18 keeps a failed download's `<etag>.incomplete`: on a full disk that is
-            # the very space the next attempt needs, and nobody else would remove it until then.
+            held = lock.acquire_unless(peer_finished)
+        except errors.CacheWriteError as exc:
+            return _unwritable(req, exc, deep=deep, started=started)
+        if not held:
+            return dataclasses.replace(seen[-1], waited_s=time.monotonic() - t0)
+        try:
+            return _holding(req, lock, deep=deep, force_check=force_check, started=started, t0=t0)
+        except _Evicted as exc:
+            evictions += 1
+            if evictions > _MAX_EVICTIONS:
+                raise errors.LockLostError(str(exc), **exc.facts) from exc
+            logger.warning("%s; stopped publishing, waiting for the lock again", exc)
+        finally:
+            lock.release()
+
+
+def _holding(
+    req: Request, lock: RepoLock, *, deep: bool, force_check: bool, started: float, t0: float
+) -> PrefetchResult:
+    waited = time.monotonic() - t0
+    if not force_check:
+        warm = try_warm(req, deep=deep, any_age=False, started=started)
+        if warm is not None:
+            return dataclasses.replace(warm, waited_s=waited)
+    try:
+        return _locked(req, lock, deep=deep, started=started, waited=waited)
+    except _Evicted:
+        raise  # not ours to clean any more: the new holder's temp files may be there
+    except Exception:
+        # huggingface_hub < 1.18 keeps a failed download's `<etag>.incomplete`: on a full disk that is
+        # the very space the next attempt needs, and nobody else would remove it until then.
+        if lock.still_held():
             clean_temps(req, kernel_locks=lock.backend == "flock")
-            raise
+        raise

@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from huggingface_hub import HfApi
@@ -27,6 +28,7 @@ from .request import Request
 
 __all__ = [
     "OPTIONAL_PROBES",
+    "Fence",
     "fetch_listing",
     "guessed_index",
     "known_commit",
@@ -39,6 +41,15 @@ __all__ = [
 ]
 
 logger = logging.getLogger("hub_prefetch.prefetch")
+
+#: Called right before each write into the cache: raises when the writer no longer holds the repo
+#: lock (fencing). Writers that hold no lock (the offline stamp, distributed resolution) pass none.
+Fence = Callable[[], None]
+
+
+def _no_fence() -> None:
+    return None
+
 
 #: Optional files transformers and diffusers probe for in a folder. A commit-pinned offline load finds
 #: out they do not exist only from huggingface_hub's ``.no_exist/<commit>/`` markers, which an online
@@ -104,8 +115,11 @@ def read_stamp(req: Request, commit: str, *, deep: bool) -> dict[str, int] | Non
     return {str(k): int(v) for k, v in files.items()}
 
 
-def write_stamp(req: Request, commit: str, files: dict[str, int], *, deep: bool) -> None:
+def write_stamp(
+    req: Request, commit: str, files: dict[str, int], *, deep: bool, fence: Fence = _no_fence
+) -> None:
     s = req.settings
+    fence()
     cache.atomic_write_json(
         cache.stamp_path(s.cache_dir, req.repo_type, req.repo_id, commit, req.selection_key),
         {
@@ -131,7 +145,9 @@ def read_listing(req: Request, commit: str) -> dict[str, ExpectedFile] | None:
     return {path: ExpectedFile.from_json(path, raw) for path, raw in data["files"].items()}
 
 
-def fetch_listing(req: Request, revision: str) -> tuple[str, dict[str, ExpectedFile]]:
+def fetch_listing(
+    req: Request, revision: str, *, fence: Fence = _no_fence
+) -> tuple[str, dict[str, ExpectedFile]]:
     """One metadata request: the commit a revision points to, and every file's size and hashes."""
     s = req.settings
     api = HfApi(endpoint=s.endpoint, token=req.token)
@@ -148,6 +164,7 @@ def fetch_listing(req: Request, revision: str) -> tuple[str, dict[str, ExpectedF
             (lfs.get("sha256") if isinstance(lfs, dict) else getattr(lfs, "sha256", None)) if lfs else None
         )
         listing[sib.rfilename] = ExpectedFile(sib.rfilename, sib.size, sha256, sib.blob_id)
+    fence()
     cache.atomic_write_json(
         cache.listing_path(s.cache_dir, req.repo_type, req.repo_id, commit),
         {
@@ -181,10 +198,11 @@ def guessed_index(index: str, listing: dict[str, ExpectedFile]) -> bytes:
     return json.dumps({"weight_map": {str(i): p.rpartition("/")[2] for i, p in enumerate(shards)}}).encode()
 
 
-def record_revision(req: Request, commit: str) -> None:
+def record_revision(req: Request, commit: str, *, fence: Fence = _no_fence) -> None:
     if cache.is_commit_hash(req.revision):
         return
     s = req.settings
+    fence()
     cache.atomic_write_json(
         cache.revision_record_path(s.cache_dir, req.repo_type, req.repo_id, req.revision),
         {"version": _RECORD_VERSION, "revision": req.revision, "commit": commit, "resolved_at": time.time()},
@@ -195,11 +213,15 @@ def record_revision(req: Request, commit: str) -> None:
     ref = cache.ref_path(s.cache_dir, req.repo_type, req.repo_id, req.revision)
     current = cache.read_bytes_nofollow(ref)
     if current is None or current.decode(errors="replace").strip() != commit:
+        fence()
         cache.atomic_write_bytes(ref, commit.encode())
 
 
-def mark_absent(req: Request, commit: str, listing: dict[str, ExpectedFile]) -> None:
+def mark_absent(
+    req: Request, commit: str, listing: dict[str, ExpectedFile], *, fence: Fence = _no_fence
+) -> None:
     """``.no_exist`` markers for the optional files loaders probe for and this commit lacks."""
+    fence()
     folder = cache.repo_folder(req.settings.cache_dir, req.repo_type, req.repo_id) / ".no_exist" / commit
     for sub in {*req.subfolders, ""}:
         for name in OPTIONAL_PROBES:

@@ -1,0 +1,284 @@
+"""The lease across simulated machines: identity by boot id, no false takeovers, fencing.
+
+A second machine is a process in its own mount namespace with its own boot id bind-mounted over
+``/proc/sys/kernel/random/boot_id`` (``unshare --mount``): the same host name, the same pid namespace
+name, another machine as far as anything can tell. Tests that need it skip where the kernel refuses
+(no root, no user namespaces), and say so.
+
+Every process logs its steps with wall-clock times (one kernel, one clock); a "publish" is logged only
+after the fence (``RepoLock.still_held``) said yes. The checks are on outcomes: who held, who
+published while another held (must be nobody), how long a takeover took.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+PROC = HERE / "_machine_proc.py"
+TTL = 1.0
+REPEATS = 3
+
+pytestmark = pytest.mark.slow
+
+
+def _unshare_refusal() -> str | None:
+    if os.geteuid() != 0:
+        return "simulating a machine needs root (a mount namespace and a bind mount of its boot id)"
+    if shutil.which("unshare") is None:
+        return "unshare(1) is not installed"
+    probe = subprocess.run(
+        ["unshare", "--mount", "--propagation", "private", "true"], capture_output=True, check=False
+    )
+    if probe.returncode != 0:
+        return f"the kernel refuses a mount namespace: {probe.stderr.decode(errors='replace').strip()}"
+    return None
+
+
+REFUSED = _unshare_refusal()
+needs_machines = pytest.mark.skipif(REFUSED is not None, reason=REFUSED or "")
+
+
+class Cluster:
+    """Processes on simulated machines sharing one cache folder, and their merged event log."""
+
+    def __init__(self, root: Path, env: dict[str, str]) -> None:
+        self.root = root
+        self.cache = root / "cache"
+        self.cache.mkdir(parents=True, exist_ok=True)
+        self.events = root / "events.jsonl"
+        self.env = env
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def machine(self, name: str, *, hidepid: bool = False, uid: int | None = None) -> list[str]:
+        """The argv prefix that runs a command on machine ``name`` (its own boot id)."""
+        boot = self.root / f"boot_id-{name}"
+        boot.write_text(f"{uuid.uuid5(uuid.NAMESPACE_DNS, name + str(self.root))}\n")
+        boot.chmod(0o644)
+        script = f"mount --bind {boot} /proc/sys/kernel/random/boot_id"
+        if hidepid:
+            script = f"mount -t proc -o hidepid=2 proc /proc && {script}"
+        drop = f"setpriv --reuid={uid} --regid={uid} --clear-groups " if uid is not None else ""
+        return [
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            f'{script} && exec {drop}"$@"',
+            "sh",
+        ]
+
+    def start(
+        self, who: str, mode: str, *, prefix: list[str] | None = None, **cfg: Any
+    ) -> subprocess.Popen[bytes]:
+        config = {"who": who, "mode": mode, "events": str(self.events), "cache": str(self.cache), "ttl": TTL}
+        config.update(cfg)
+        proc = subprocess.Popen(
+            [*(prefix or []), sys.executable, str(PROC), json.dumps(config)],
+            env=self.env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        self.procs.append(proc)
+        return proc
+
+    def read(self) -> list[dict[str, Any]]:
+        if not self.events.exists():
+            return []
+        return [json.loads(line) for line in self.events.read_text().splitlines() if line.strip()]
+
+    def wait_for(self, who: str, event: str, timeout: float = 30.0) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for e in self.read():
+                if e["who"] == who and e["event"] == event:
+                    return e
+            for proc in self.procs:
+                if proc.poll() not in (None, 0):
+                    raise AssertionError(
+                        f"a process failed: {proc.stderr.read().decode()[-3000:] if proc.stderr else ''}"
+                    )
+            time.sleep(0.01)
+        raise AssertionError(f"{who} never logged {event!r} within {timeout} s: {self.read()[-10:]}")
+
+    def join(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        for proc in self.procs:
+            try:
+                proc.wait(max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise AssertionError(f"process {proc.args[-1][:80]} outlived {timeout} s") from None
+            err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+            assert proc.returncode == 0, err[-3000:]
+
+    def kill_all(self) -> None:
+        for proc in self.procs:
+            if proc.poll() is None:
+                with _suppress():
+                    os.killpg(proc.pid, signal.SIGCONT)
+                    os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+
+
+class _suppress:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> bool:
+        return exc[0] is not None and issubclass(exc[0], ProcessLookupError)  # type: ignore[arg-type]
+
+
+def overlaps(events: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
+    """Publishes made while another process held the lock (checked after it had acquired, before it
+    released): must be none."""
+    holds: dict[str, list[tuple[float, float]]] = {}
+    start: dict[str, float] = {}
+    last_t = max((e["t"] for e in events), default=0.0)
+    for e in events:
+        if e["event"] == "acquired":
+            start[e["who"]] = e["t"]
+        elif e["event"] in ("released", "lost") and e["who"] in start:
+            holds.setdefault(e["who"], []).append((start.pop(e["who"]), e["t"]))
+    for who, t0 in start.items():
+        holds.setdefault(who, []).append((t0, last_t))
+    bad = []
+    for e in events:
+        if e["event"] != "publish":
+            continue
+        for other, spans in holds.items():
+            if other != e["who"] and any(a < e["before"] and e["t"] < b for a, b in spans):
+                bad.append((e, other))
+    return bad
+
+
+@pytest.fixture
+def cluster(hf_env: dict[str, str]) -> Iterator[Cluster]:
+    # Outside pytest's private tmp folder: another uid must reach it (the hidepid case).
+    root = Path(tempfile.mkdtemp(prefix="hub-prefetch-machines-"))
+    root.chmod(0o777)
+    env = {**hf_env, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    c = Cluster(root, env)
+    try:
+        yield c
+    finally:
+        c.kill_all()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+# -- machine identity -------------------------------------------------------------------------------
+
+
+@needs_machines
+@pytest.mark.parametrize("round_", range(REPEATS))
+def test_same_host_name_on_two_machines_is_never_evicted_while_heartbeating(
+    cluster: Cluster, round_: int
+) -> None:
+    """Cloned images all say the same host name: B must wait for A's heartbeat, not judge A's pid."""
+    stop = cluster.root / "stop-A"
+    a = cluster.start("A", "hold", prefix=cluster.machine("a"), host_id="localhost", stop_file=str(stop))
+    cluster.wait_for("A", "acquired")
+    cluster.start("B", "hold", prefix=cluster.machine("b"), host_id="localhost", timeout=3 * TTL)
+    timeout = cluster.wait_for("B", "timeout", timeout=20)
+    assert timeout["waited_s"] >= 3 * TTL
+    events = cluster.read()
+    assert not any(e["who"] == "B" and e["event"] == "acquired" for e in events), events
+    # Now A's machine freezes (its heartbeat stops): B takes over once the heartbeat was silent a TTL.
+    os.killpg(a.pid, signal.SIGSTOP)
+    frozen_at = time.time()
+    cluster.start("C", "hold", prefix=cluster.machine("c"), host_id="localhost", hold_s=0.2)
+    got = cluster.wait_for("C", "acquired", timeout=20)
+    took = got["t"] - frozen_at
+    assert TTL <= took < TTL + 5, took
+    os.killpg(a.pid, signal.SIGCONT)
+    cluster.wait_for("A", "lost", timeout=20)  # A, thawed, finds the lease taken and stops publishing
+    stop.touch()
+    cluster.join()
+    assert overlaps(cluster.read()) == []
+
+
+@needs_machines
+def test_a_holder_seen_through_hidepid_as_another_user_is_alive(cluster: Cluster) -> None:
+    """``kill(pid, 0)`` says EPERM and ``/proc/<pid>`` is hidden: that is a live process, not a dead one."""
+    os.chmod(cluster.cache, 0o777)
+    stop = cluster.root / "stop-A"
+    cluster.start("A", "hold", prefix=cluster.machine("m", uid=65534), stop_file=str(stop))
+    cluster.wait_for("A", "acquired")
+    cluster.start("B", "hold", prefix=cluster.machine("m", hidepid=True, uid=1000), timeout=2 * TTL)
+    cluster.wait_for("B", "timeout", timeout=20)
+    stop.touch()
+    cluster.join()
+    events = cluster.read()
+    assert not any(e["who"] == "B" and e["event"] == "acquired" for e in events)
+    assert overlaps(events) == []
+
+
+# -- no false takeovers ---------------------------------------------------------------------------
+
+
+@needs_machines
+@pytest.mark.parametrize("round_", range(REPEATS))
+def test_holder_and_waiter_frozen_together_past_the_ttl_never_both_hold(
+    cluster: Cluster, round_: int
+) -> None:
+    """An NFS failover stalls both; the waiter resumes first. Its own stall is not the holder's silence."""
+    stop = cluster.root / "stop-A"
+    a = cluster.start("A", "hold", prefix=cluster.machine("a"), stop_file=str(stop))
+    cluster.wait_for("A", "acquired")
+    b = cluster.start("B", "hold", prefix=cluster.machine("b"), hold_s=0.2)
+    cluster.wait_for("B", "waiting")
+    time.sleep(0.3)  # B is polling (a forced state, checked below), not starting up
+    for proc in (a, b):
+        os.killpg(proc.pid, signal.SIGSTOP)
+    time.sleep(2.5 * TTL)
+    os.killpg(b.pid, signal.SIGCONT)
+    time.sleep(0.5)
+    os.killpg(a.pid, signal.SIGCONT)
+    time.sleep(2 * TTL)  # A heartbeats again: B must still be waiting
+    events = cluster.read()
+    assert not any(e["who"] == "B" and e["event"] == "acquired" for e in events), events
+    assert not any(e["who"] == "A" and e["event"] == "lost" for e in events), events
+    stop.touch()
+    cluster.join()
+    events = cluster.read()
+    assert [e["who"] for e in events if e["event"] == "acquired"] == ["A", "B"]
+    assert overlaps(events) == []
+
+
+# -- fencing ----------------------------------------------------------------------------------------
+
+
+@needs_machines
+def test_an_operator_deleting_the_lease_fences_the_holder(cluster: Cluster) -> None:
+    stop = cluster.root / "stop-A"
+    cluster.start("A", "hold", prefix=cluster.machine("a"), stop_file=str(stop))
+    cluster.wait_for("A", "acquired")
+    leases = list((cluster.cache / ".locks" / "hub_prefetch").glob("*.lease"))
+    assert len(leases) == 1
+    leases[0].unlink()
+    cluster.start("B", "hold", prefix=cluster.machine("b"), hold_s=1.0)
+    cluster.wait_for("A", "lost", timeout=10)
+    cluster.wait_for("B", "released", timeout=20)
+    stop.touch()
+    cluster.join()
+    events = cluster.read()
+    assert overlaps(events) == []
+    epochs = {e["who"]: e["epoch"] for e in events if e["event"] == "acquired"}
+    assert epochs["B"] > epochs["A"] >= 1, epochs
