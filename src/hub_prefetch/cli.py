@@ -44,7 +44,7 @@ from ._cli_parser import (
     error_dict,
     print_json,
 )
-from ._cli_progress import StatusLine, configure_logging, human_bytes, human_seconds
+from .console import StatusLine, configure_logging, human_bytes, human_seconds
 from .lock import LockInfo, list_locks
 from .prefetch import PrefetchResult, prefetch, repair, verify
 from .settings import Settings

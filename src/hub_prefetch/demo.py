@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from ._cli_progress import StatusLine, human_bytes, human_seconds
 from ._demo_faults import kill_downloader, plant_stale_lease
+from .console import StatusLine, human_bytes, human_seconds
 from .testing.workers import QUIET_ENV
 
 if TYPE_CHECKING:

@@ -1,10 +1,14 @@
-"""The CLI's only terminal display: one status line per process, and the logging set-up.
+"""The console display shared by the CLI and the demo: one status line per process, human units, and the
+logging set-up.
 
 The library never configures logging; the CLI does, here. While a command runs, one line on stderr
 says what it is doing (waiting for the lock, and for whom; bytes arrived so far and the rate), redrawn
 in place. It is drawn only on a terminal (or with ``--progress always``); elsewhere the lock's own
 "waiting for ..." log lines, one per ``HUB_PREFETCH_WAIT_LOG_INTERVAL``, tell the story in CI logs.
 huggingface_hub's own per-file bars are turned off: N parallel downloads would draw N bars.
+
+This module sits beside :mod:`hub_prefetch.cli` rather than inside it so that :mod:`hub_prefetch.demo`
+can draw the same line without importing the CLI (which imports the demo).
 """
 
 from __future__ import annotations
