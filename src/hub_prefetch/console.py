@@ -133,6 +133,11 @@ class StatusLine:
         self.clear()
 
 
+def _from_lock(record: logging.LogRecord) -> bool:
+    """Whether ``record`` comes from the repo lock (``hub_prefetch.lock`` or a logger below it)."""
+    return record.name == "hub_prefetch.lock" or record.name.startswith("hub_prefetch.lock.")
+
+
 class _StatusAwareHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Prints log records above the status line, and feeds lock-wait records to it."""
 
@@ -144,14 +149,15 @@ class _StatusAwareHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def emit(self, record: logging.LogRecord) -> None:
         status = self.status
-        if record.name == "hub_prefetch.lock" and status is not None:
+        from_lock = _from_lock(record)
+        if from_lock and status is not None:
             text = record.getMessage()
             if text.startswith("waiting for"):
                 status.waiting(text)
             elif text.startswith("acquired"):
                 status.waiting(None)
         shown = record.levelno >= self.show_level or (
-            self.lock_info and record.name == "hub_prefetch.lock" and record.levelno >= logging.INFO
+            self.lock_info and from_lock and record.levelno >= logging.INFO
         )
         if not shown:
             return
