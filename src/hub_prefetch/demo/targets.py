@@ -35,7 +35,7 @@ if os.environ.get(NOOP_FLOCK_ENV, "").strip().lower() in ("1", "true", "yes"):
     fcntl.flock = _noop_flock
 
 # After the patch on purpose, though every user looks fcntl.flock up at call time anyway.
-from . import protected_targets, targets  # noqa: E402
+from ..testing import protected_targets, targets  # noqa: E402
 
 
 def plain(repo_id: str, subfolder: str = "", **kwargs: Any) -> dict[str, Any]:

@@ -29,12 +29,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO
 
-from ._demo_faults import kill_downloader, plant_stale_lease
-from .console import StatusLine, human_bytes, human_seconds
-from .testing.workers import QUIET_ENV
+from ..console import StatusLine, human_bytes, human_seconds
+from ..testing.workers import QUIET_ENV
+from .faults import kill_downloader, plant_stale_lease
 
 if TYPE_CHECKING:
-    from .testing.server import LocalHub
+    from ..testing import LocalHub
 
 __all__ = ["FAULTS", "RunStats", "run_demo"]
 
@@ -273,7 +273,7 @@ def render_table(runs: list[RunStats]) -> str:
 def _run_lanes(
     args: argparse.Namespace, *, hub: LocalHub, root: Path, fingerprint: str, needed: int, status: StatusLine
 ) -> list[RunStats]:
-    from .testing.forkpool import ForkedWorkers  # noqa: PLC0415 - optional testing extras
+    from ..testing.forkpool import ForkedWorkers  # noqa: PLC0415 - optional testing extras
 
     n, fault, rounds = args.workers, args.fault, args.rounds
     noop = {"HUB_PREFETCH_TESTING_NOOP_FLOCK": "1"} if fault == "noop-flock" else {}
@@ -287,7 +287,7 @@ def _run_lanes(
             lane = _Lane(target, None, home)
             env = _worker_env(hub, home, extra)
             lane.pool = ForkedWorkers(
-                f"hub_prefetch.testing.demo_targets:{target}",
+                f"hub_prefetch.demo.targets:{target}",
                 lane.kwargs(lane.cache(0)),
                 n=n,
                 env=env,
@@ -341,7 +341,7 @@ def _run_lanes(
 def run_demo(args: argparse.Namespace, *, out: TextIO, err: TextIO, status: StatusLine) -> int:
     """The ``demo`` command; returns 0 when every hub-prefetch worker loaded the right weights."""
     try:
-        from .testing import LocalHub, RepoStore, build_sharded_model  # noqa: PLC0415 - optional extras
+        from ..testing import LocalHub, RepoStore, build_sharded_model  # noqa: PLC0415 - optional extras
     except ImportError as exc:
         err.write(
             f"hub-prefetch demo needs the testing extras ({exc.name} is missing): "
@@ -417,7 +417,7 @@ def run_demo(args: argparse.Namespace, *, out: TextIO, err: TextIO, status: Stat
 
 
 def main() -> int:  # pragma: no cover - ``python -m hub_prefetch.demo``
-    from .cli import main as cli_main  # noqa: PLC0415 - cli imports this module lazily
+    from ..cli import main as cli_main  # noqa: PLC0415 - cli imports this module lazily
 
     return cli_main(["demo", *sys.argv[1:]])
 

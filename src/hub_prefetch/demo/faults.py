@@ -1,6 +1,6 @@
 """Faults that ``hub-prefetch demo`` injects from outside the workers: a stale lease, a killed downloader.
 
-(The no-op ``flock`` acts inside the workers: :mod:`hub_prefetch.testing.demo_targets`.)
+(The no-op ``flock`` acts inside the workers: :mod:`hub_prefetch.demo.targets`.)
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .lock import list_locks
+from ..lock import list_locks
 
 if TYPE_CHECKING:
-    from .testing.server import LocalHub
+    from ..testing import LocalHub
 
 __all__ = ["kill_downloader", "plant_stale_lease"]
 
