@@ -10,215 +10,31 @@ reports the fingerprint of the tensors it got, so a wrong or partial load counts
 Runs: plain on a cold cache, hub-prefetch on another cold cache (both under the chosen fault), then
 hub-prefetch again on its now-warm cache, and plain again on its own cache. Figures come from the
 workers' results, the Hub's request log and the cache folders.
+
+This module draws the table and the report; :mod:`.runs` drives the workers round by round,
+:mod:`.faults` names the faults (the CLI's ``--fault`` choices) and injects them from outside the
+workers, and :mod:`.targets` holds the worker targets. The demo stands beside the test harness it uses
+(:mod:`hub_prefetch.testing`) and never imports the CLI: the CLI imports it.
 """
 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import re
 import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
-from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TextIO
 
 from ..console import StatusLine, human_bytes, human_seconds
-from ..testing.workers import QUIET_ENV
-from .faults import kill_downloader, plant_stale_lease
+from .faults import FAULTS, Fault
+from .runs import REPO_ID, SHARDS, SUBFOLDER, RunStats, needed_bytes, run_lanes
 
-if TYPE_CHECKING:
-    from ..testing import LocalHub
-
-__all__ = ["FAULTS", "RunStats", "run_demo"]
-
-REPO_ID = "demo/sharded-bert"
-SUBFOLDER = "text_encoder"
-SHARDS = 4
-STALE_LEASE_TTL = 4.0
-
-#: fault name -> what the demo does, as printed under the table.
-FAULTS = {
-    "none": "no fault: N cold loaders at once",
-    "killed-downloader": "the process downloading is SIGKILLed mid-shard (it counts as killed, not failed)",
-    "http-503": "the Hub answers 503 to every file request for the first 3 s of each cold run",
-    "noop-flock": "flock() succeeds but excludes no one (as on Lustre, GPFS, NFS with local_lock, FUSE)",
-    "stale-lease": "a holder on another host (node-17) died holding the repo lease "
-    f"(ttl {STALE_LEASE_TTL:g} s); plain loaders have no such lock",
-}
-
-_WORKER_PRELOAD = ("transformers.models.bert.modeling_bert",)
-_STALL_AFTER = 64 * 1024
-_OUTAGE_S = 3.0
-_CACHE_PATH = re.compile(r"/\S*/models--")
-
-
-@dataclass
-class RunStats:
-    """One column of the table: one or more runs (``rounds``) of ``workers`` workers each."""
-
-    name: str
-    workers: int
-    rounds: int = 0
-    ok: int = 0
-    failed: int = 0
-    wrong_weights: int = 0
-    killed: int = 0
-    round_times_s: list[float | None] = field(default_factory=list)
-    last_done_s: float = 0.0
-    bytes_served: int = 0
-    bytes_needed: int = 0
-    hub_requests: int = 0
-    requests_by_kind: dict[str, int] = field(default_factory=dict)
-    temp_files: int = 0
-    lock_backend: str | None = None
-    errors: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def all_loaded_s(self) -> float | None:
-        """Median over rounds of the time until every worker had loaded; None if a round never got there."""
-        times = self.round_times_s
-        if not times or any(t is None for t in times):
-            return None
-        return float(statistics.median(t for t in times if t is not None))
-
-
-# ------------------------------------------------------------------------------------------ setup
-
-
-def _needed_bytes(store: Any, repo_id: str, commit: str) -> int:
-    files = store.files(repo_id, commit)
-    return sum(f.size for p, f in files.items() if p.startswith(f"{SUBFOLDER}/"))
-
-
-def _worker_env(hub: LocalHub, home: Path, extra: dict[str, str]) -> dict[str, str | None]:
-    env: dict[str, str | None] = dict(QUIET_ENV)
-    env.update(
-        {
-            "HF_HOME": str(home),
-            "HF_HUB_CACHE": str(home / "hub"),
-            "HF_ENDPOINT": hub.url,
-            "HF_TOKEN": None,
-            "HF_HUB_OFFLINE": None,
-            "TRANSFORMERS_OFFLINE": None,
-            "HUB_PREFETCH_LOCK": None,
-            "HUB_PREFETCH_LOCK_TIMEOUT": "120",
-            "HUB_PREFETCH_TESTING_NOOP_FLOCK": None,
-        }
-    )
-    env.update(extra)
-    return env
-
-
-# ------------------------------------------------------------------------------------------ one round
-
-
-@dataclass
-class _Lane:
-    """Workers of one kind (plain or protected) forked from one zygote, round after round."""
-
-    target: str
-    pool: Any
-    home: Path
-
-    def cache(self, index: int) -> Path:
-        path = self.home / f"cache-{index}"
-        path.mkdir(parents=True, exist_ok=True)
-        return path
-
-    def kwargs(self, cache: Path) -> dict[str, str]:
-        return {"repo_id": REPO_ID, "subfolder": SUBFOLDER, "cache_dir": str(cache)}
-
-
-def _run_round(
-    lane: _Lane,
-    stats: RunStats,
-    *,
-    hub: LocalHub,
-    cache: Path,
-    fault: str,
-    cold: bool,
-    fingerprint: str,
-    first: bool,
-) -> None:
-    """One round: (re)fork the lane's workers on ``cache``, inject the fault, release them, tally."""
-    pool = lane.pool
-    if cold and fault == "stale-lease" and lane.target == "protected":
-        plant_stale_lease(cache, REPO_ID, STALE_LEASE_TTL)
-    if not first:
-        pool.next_round(lane.kwargs(cache))
-    hub.reset_log()
-    outage = None
-    fault_ids: list[int] = []
-    if cold and fault == "http-503":
-        # An overloaded Hub for a while, the same for both sides (a fixed count of 503s would land on
-        # N plain workers once each, but all on hub-prefetch's single downloader).
-        outage_id = hub.fail("*/resolve/*", status=503, count=-1)
-        fault_ids.append(outage_id)
-        outage = threading.Timer(_OUTAGE_S, lambda: hub.clear_fault(outage_id))
-    stop = threading.Event()
-    killer = None
-    killed: list[int] = []
-    if cold and fault == "killed-downloader":
-        stall_id = hub.stall("*.safetensors", after_bytes=_STALL_AFTER, count=1)
-        fault_ids.append(stall_id)
-        killer = threading.Thread(
-            target=kill_downloader,
-            args=(hub, pool, cache),
-            kwargs={"stall_id": stall_id, "stop": stop, "killed": killed},
-            daemon=True,
-        )
-        killer.start()
-    t_go = pool.go()
-    if outage is not None:
-        outage.start()
-    results = pool.results()
-    if outage is not None:
-        outage.cancel()
-    stop.set()
-    if killer is not None:
-        killer.join(5)
-    for fault_id in fault_ids:  # only ours: clear_faults() would lift the bandwidth limit too
-        hub.clear_fault(fault_id)
-    records = hub.requests()
-
-    stats.rounds += 1
-    errors: Counter[str] = Counter(stats.errors)
-    failed_before = stats.failed + stats.wrong_weights
-    for r in results:
-        if r.error_type == "Killed" or r.index in killed:
-            stats.killed += 1
-        elif not r.ok:
-            stats.failed += 1
-            first_line = (r.error or "").strip().splitlines()[0] if r.error else ""
-            first_line = _CACHE_PATH.sub(".../models--", first_line)  # one line per error, not per cache
-            errors[f"{r.error_type}: {first_line[:160]}"] += 1
-        elif (r.value or {}).get("fingerprint") != fingerprint:
-            stats.wrong_weights += 1
-            errors["loaded weights that differ from the repo's"] += 1
-        else:
-            stats.ok += 1
-    ends = [r.t_end - t_go for r in results if r.error_type != "Killed"]
-    last = max(ends, default=0.0)
-    stats.last_done_s = max(stats.last_done_s, last)
-    stats.round_times_s.append(last if stats.failed + stats.wrong_weights == failed_before else None)
-    stats.bytes_served += sum(r.bytes_sent for r in records if r.kind == "get")
-    stats.hub_requests += len(records)
-    by_kind = Counter(stats.requests_by_kind)
-    by_kind.update(r.kind for r in records)
-    stats.requests_by_kind = dict(by_kind)
-    stats.temp_files += sum(1 for _ in cache.rglob("*.incomplete"))
-    backends = {str((r.value or {}).get("lock_backend")) for r in results if r.ok and r.value}
-    if stats.lock_backend:
-        backends.add(stats.lock_backend)
-    stats.lock_backend = ", ".join(sorted(backends - {"None"})) or None
-    stats.errors = dict(errors)
+__all__ = ["FAULTS", "Fault", "RunStats", "render_table", "run_demo"]
 
 
 # ------------------------------------------------------------------------------------------ the table
@@ -267,77 +83,6 @@ def render_table(runs: list[RunStats]) -> str:
     return "\n".join(lines)
 
 
-# ------------------------------------------------------------------------------------------ entry
-
-
-def _run_lanes(
-    args: argparse.Namespace, *, hub: LocalHub, root: Path, fingerprint: str, needed: int, status: StatusLine
-) -> list[RunStats]:
-    from ..testing.forkpool import ForkedWorkers  # noqa: PLC0415 - optional testing extras
-
-    n, fault, rounds = args.workers, args.fault, args.rounds
-    noop = {"HUB_PREFETCH_TESTING_NOOP_FLOCK": "1"} if fault == "noop-flock" else {}
-    lease = {"HUB_PREFETCH_LOCK": "lease"} if fault == "stale-lease" else {}
-    lanes: dict[str, _Lane] = {}
-    with contextlib.ExitStack() as stack:
-        # Both zygotes import torch + transformers at once, before anything is timed.
-        status.waiting(f"starting {n} plain and {n} protected workers")
-        for target, extra in (("plain", noop), ("protected", {**noop, **lease})):
-            home = root / target
-            lane = _Lane(target, None, home)
-            env = _worker_env(hub, home, extra)
-            lane.pool = ForkedWorkers(
-                f"hub_prefetch.demo.targets:{target}",
-                lane.kwargs(lane.cache(0)),
-                n=n,
-                env=env,
-                timeout=150,
-                preload=_WORKER_PRELOAD,
-            )
-            stack.callback(lane.pool.close)
-            lane.pool.start_async()
-            lanes[target] = lane
-        for lane in lanes.values():
-            lane.pool.wait_started()
-        cold = {
-            t: RunStats(name=f"{'plain' if t == 'plain' else 'hub-prefetch'} (cold)", workers=n)
-            for t in lanes
-        }
-        warm = {
-            t: RunStats(name=f"{'plain' if t == 'plain' else 'hub-prefetch'} (warm)", workers=n)
-            for t in lanes
-        }
-        for index in range(rounds):
-            for target, lane in lanes.items():
-                status.waiting(f"{cold[target].name}: run {index + 1} of {rounds}, {n} workers loading")
-                _run_round(
-                    lane,
-                    cold[target],
-                    hub=hub,
-                    cache=lane.cache(index),
-                    fault=fault,
-                    cold=True,
-                    fingerprint=fingerprint,
-                    first=index == 0,
-                )
-        for target, lane in lanes.items():
-            status.waiting(f"{warm[target].name}: {n} workers loading")
-            _run_round(
-                lane,
-                warm[target],
-                hub=hub,
-                cache=lane.cache(rounds - 1),
-                fault="none",
-                cold=False,
-                fingerprint=fingerprint,
-                first=False,
-            )
-    runs = [cold["plain"], cold["protected"], warm["plain"], warm["protected"]]
-    for r in runs:
-        r.bytes_needed = needed * r.rounds
-    return runs
-
-
 def run_demo(args: argparse.Namespace, *, out: TextIO, err: TextIO, status: StatusLine) -> int:
     """The ``demo`` command; returns 0 when every hub-prefetch worker loaded the right weights."""
     try:
@@ -356,12 +101,19 @@ def run_demo(args: argparse.Namespace, *, out: TextIO, err: TextIO, status: Stat
             status.waiting("building the tiny sharded model")
             store = RepoStore(root / "store")
             built = build_sharded_model(store, REPO_ID, subfolder=SUBFOLDER, shards=SHARDS)
-            needed = _needed_bytes(store, REPO_ID, built.commit)
+            needed = needed_bytes(store, REPO_ID, built.commit)
             hub = LocalHub.spawn(store.root)
             try:
                 hub.set_bandwidth(args.bandwidth * 1e6 if args.bandwidth > 0 else None)
-                runs = _run_lanes(
-                    args, hub=hub, root=root, fingerprint=built.fingerprint, needed=needed, status=status
+                runs = run_lanes(
+                    hub,
+                    root,
+                    workers=n,
+                    fault=fault,
+                    rounds=rounds,
+                    fingerprint=built.fingerprint,
+                    needed=needed,
+                    status=status,
                 )
             finally:
                 hub.stop()
@@ -372,7 +124,7 @@ def run_demo(args: argparse.Namespace, *, out: TextIO, err: TextIO, status: Stat
     ok = all(r.failed == 0 and r.wrong_weights == 0 for r in protected)
     code = 0 if ok else 1
     total = time.monotonic() - started
-    description = FAULTS[fault].format(n=n)
+    description = FAULTS[fault].description
     link = f"{args.bandwidth:g} MB/s" if args.bandwidth > 0 else "full speed"
     if args.json:
         data = {

@@ -16,10 +16,9 @@ import fcntl
 import os
 from typing import Any
 
-__all__ = ["NOOP_FLOCK_ENV", "noop_flock_active", "plain", "protected"]
+from .faults import NOOP_FLOCK_ENV
 
-#: The environment variable that turns ``fcntl.flock`` into a silent no-op in the worker.
-NOOP_FLOCK_ENV = "HUB_PREFETCH_TESTING_NOOP_FLOCK"
+__all__ = ["noop_flock_active", "plain", "protected"]
 
 
 def _noop_flock(fd: Any, operation: int) -> None:
