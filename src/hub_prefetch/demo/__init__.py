@@ -23,7 +23,6 @@ import argparse
 import json
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import asdict
@@ -166,13 +165,3 @@ def run_demo(args: argparse.Namespace, *, out: TextIO, err: TextIO, status: Stat
     out.write("\n".join(lines) + "\n")
     out.flush()
     return code
-
-
-def main() -> int:  # pragma: no cover - ``python -m hub_prefetch.demo``
-    from ..cli import main as cli_main  # noqa: PLC0415 - cli imports this module lazily
-
-    return cli_main(["demo", *sys.argv[1:]])
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
