@@ -1,4 +1,4 @@
-"""The ``hub-prefetch`` argument parser, exit codes and help texts (the commands live in :mod:`.cli`)."""
+"""The ``hub-prefetch`` argument parser, exit codes and help texts (the commands live in :mod:`.commands`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import __version__
+from .. import __version__
 
 __all__ = [
     "EXIT_CACHE_ERROR",
