@@ -23,7 +23,6 @@ never the other way round; the status line both draw lives in :mod:`hub_prefetch
 
 from __future__ import annotations
 
-import os
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -117,10 +116,6 @@ def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: T
         return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
     finally:
         Parser.json_errors = False
-    if getattr(args, "lock_timeout", None) is not None:
-        # Settings are read from the environment at call time; this process is ours to configure.
-        os.environ["HUB_PREFETCH_LOCK_TIMEOUT"] = str(args.lock_timeout)
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     verbosity = -1 if args.quiet else args.verbose
     show = args.progress == "always" or (args.progress == "auto" and _isatty(err))
     status = StatusLine(err, enabled=show and not args.quiet, label=status_label(args))
@@ -147,6 +142,7 @@ def _isatty(stream: TextIO) -> bool:
 
 
 def _quiet_hf_bars() -> None:
-    # N parallel downloads would draw N bars; the status line is the one display. (A function in
-    # huggingface_hub 1.x, a class usable as one in 2.x.)
+    # N parallel downloads would draw N bars; the status line is the one display. In-process, not through
+    # HF_HUB_DISABLE_PROGRESS_BARS: the CLI leaves os.environ alone. (A function in huggingface_hub 1.x,
+    # a class usable as one in 2.x.)
     disable_progress_bars()

@@ -7,6 +7,7 @@ code; errors propagate to :func:`hub_prefetch.cli.main`, which maps them to the 
 from __future__ import annotations
 
 import argparse
+import functools
 import time
 from collections.abc import Callable
 from typing import Any, TextIO
@@ -25,10 +26,20 @@ __all__ = ["COMMANDS", "Context", "status_label"]
 
 
 class Context:
-    """What every command gets: parsed args, output streams and the status line."""
+    """What every command gets: parsed args, output streams, the status line and the settings."""
 
     def __init__(self, args: argparse.Namespace, out: TextIO, err: TextIO, status: StatusLine) -> None:
         self.args, self.out, self.err, self.status = args, out, err, status
+
+    @functools.cached_property
+    def settings(self) -> Settings:
+        """The environment now, with ``--cache-dir`` and ``--lock-timeout`` on top: one object for the
+        whole command, passed to the library (the CLI never writes ``os.environ``). Built on first use,
+        so ``demo``, which needs none, does not parse them."""
+        return Settings.from_env(
+            cache_dir=getattr(self.args, "cache_dir", None),
+            lock_timeout=getattr(self.args, "lock_timeout", None),
+        )
 
     @property
     def json(self) -> bool:
@@ -42,14 +53,15 @@ class Context:
             self.out.flush()
 
 
-def _request_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+def _request_kwargs(ctx: Context) -> dict[str, Any]:
+    args = ctx.args
     return {
         "revision": args.revision,
         "repo_type": args.repo_type,
         "variant": args.variant,
         "all_files": args.all_files,
-        "cache_dir": args.cache_dir,
         "token": args.token,
+        "settings": ctx.settings,
     }
 
 
@@ -65,7 +77,7 @@ def _watch(ctx: Context) -> None:
     """Point the status line at the repo's blobs folder (nothing happens if the input is invalid)."""
     args = ctx.args
     try:
-        folder = Settings.from_env(cache_dir=args.cache_dir).cache_dir
+        folder = ctx.settings.cache_dir
         repo_id = cache.validate_repo_id(args.repo)
     except errors.InvalidRequestError:
         return
@@ -98,7 +110,7 @@ def _cmd_warm(ctx: Context) -> int:
     _watch(ctx)
     with ctx.status:
         result = prefetch(
-            args.repo, _subfolders(args), deep=True if args.deep else None, **_request_kwargs(args)
+            args.repo, _subfolders(args), deep=True if args.deep else None, **_request_kwargs(ctx)
         )
     data = {"ok": True, "exit_code": EXIT_OK, "command": "warm", **result.to_dict()}
     state = "already warm" if result.warm else "warmed"
@@ -109,7 +121,7 @@ def _cmd_warm(ctx: Context) -> int:
 def _cmd_verify(ctx: Context) -> int:
     args = ctx.args
     with ctx.status:
-        report = verify(args.repo, _subfolders(args), deep=args.deep, **_request_kwargs(args))
+        report = verify(args.repo, _subfolders(args), deep=args.deep, **_request_kwargs(ctx))
     code = EXIT_OK if report.ok else EXIT_VERIFY_FAILED
     human = str(report)
     if not report.ok:
@@ -125,13 +137,13 @@ def _cmd_repair(ctx: Context) -> int:
     # repair itself re-checks everything (with sha256 unless --no-deep) under the lock.
     kinds: dict[str, str] = {}
     try:
-        before = verify(args.repo, _subfolders(args), deep=False, **_request_kwargs(args))
+        before = verify(args.repo, _subfolders(args), deep=False, **_request_kwargs(ctx))
         kinds = {p.path: p.kind for p in before.problems}
     except (errors.CorruptRepoFileError, errors.OfflineCacheMissError):
         pass  # a broken local index or listing is for the repair to fix; it re-reads them under the lock
     _watch(ctx)
     with ctx.status:
-        result = repair(args.repo, _subfolders(args), deep=args.deep, **_request_kwargs(args))
+        result = repair(args.repo, _subfolders(args), deep=args.deep, **_request_kwargs(ctx))
     fixed = sorted(set(result.downloaded) | set(result.repaired))
     fixed_kinds = {p: kinds.get(p, "hash" if p in result.repaired else "bad") for p in fixed}
     data = {
@@ -199,7 +211,7 @@ def _lock_cells(info: LockInfo) -> tuple[str, str, str, str, str, str]:
 
 def _cmd_locks(ctx: Context) -> int:
     args = ctx.args
-    folder = Settings.from_env(cache_dir=args.cache_dir).cache_dir
+    folder = ctx.settings.cache_dir
     where = cache.lock_dir(folder)
     wanted = cache.validate_repo_id(args.repo) if args.repo else None
     locks = [info for info in list_locks(folder) if wanted is None or info.repo_id == wanted]
