@@ -231,7 +231,7 @@ def test_warm_gated_with_token(hf_env: dict[str, Any], built_repos: dict[str, An
 
 def test_warm_hub_down_exits_4(hf_env: dict[str, Any], built_repos: dict[str, Any], local_hub: Any) -> None:
     local_hub.fail("/api/*", status=503, count=-1)
-    proc = run_cli("warm", REPO, "-s", SUB, "--json", env=hf_env, **FAST_RETRIES)
+    proc = run_cli("warm", REPO, "-s", SUB, "--json", env={**hf_env, **FAST_RETRIES})
     assert proc.returncode == cli.EXIT_HUB_ERROR
     assert as_json(proc)["error"]["type"] == "HubUnavailableError"
 
