@@ -3,7 +3,9 @@ against the session's local Hub: success, failure and ``--json`` for every comma
 
 from __future__ import annotations
 
+import io
 import json
+import logging
 import os
 import re
 import signal
@@ -229,7 +231,7 @@ def test_warm_gated_with_token(hf_env: dict[str, Any], built_repos: dict[str, An
 
 def test_warm_hub_down_exits_4(hf_env: dict[str, Any], built_repos: dict[str, Any], local_hub: Any) -> None:
     local_hub.fail("/api/*", status=503, count=-1)
-    proc = run_cli("warm", REPO, "-s", SUB, "--json", env=hf_env, **FAST_RETRIES)
+    proc = run_cli("warm", REPO, "-s", SUB, "--json", env={**hf_env, **FAST_RETRIES})
     assert proc.returncode == cli.EXIT_HUB_ERROR
     assert as_json(proc)["error"]["type"] == "HubUnavailableError"
 
@@ -251,6 +253,45 @@ def test_warm_times_out_on_a_held_lock_with_exit_3(
     assert error["facts"]["holder"]["pid"] == h.proc.pid
     h.release()
     assert run_cli("warm", REPO, "-s", SUB, "--lock-timeout", "30", env=hf_env).returncode == 0
+
+
+@pytest.fixture
+def cli_logging() -> Iterator[None]:
+    """``cli.main`` in this process configures the ``hub_prefetch`` logger; put it back afterwards."""
+    logger = logging.getLogger("hub_prefetch")
+    saved = (list(logger.handlers), logger.level, logger.propagate)
+    yield
+    logger.handlers[:] = saved[0]
+    logger.setLevel(saved[1])
+    logger.propagate = saved[2]
+
+
+def test_main_in_process_leaves_os_environ_alone(
+    hf_env: dict[str, Any],
+    built_repos: dict[str, Any],
+    holder: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    cli_logging: None,
+) -> None:
+    # --lock-timeout reaches the library in the Settings the CLI passes, and the progress bars are turned
+    # off in-process: an in-process caller of cli.main finds os.environ as it left it.
+    for key, value in hf_env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("HUB_PREFETCH_LOCK_TIMEOUT", raising=False)
+    monkeypatch.delenv("HF_HUB_DISABLE_PROGRESS_BARS", raising=False)
+    before = dict(os.environ)
+    h = holder("flock")
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main(["warm", REPO, "-s", SUB, "--lock-timeout", "0.5", "--json"], out=out, err=err)
+    assert code == cli.EXIT_LOCK_TIMEOUT, out.getvalue() + err.getvalue()
+    assert json.loads(out.getvalue())["error"]["facts"]["holder"]["pid"] == h.proc.pid
+    assert dict(os.environ) == before
+    h.release()
+    out, err = io.StringIO(), io.StringIO()
+    code = cli.main(["warm", REPO, "-s", SUB, "--lock-timeout", "5", "--json"], out=out, err=err)
+    assert code == cli.EXIT_OK, out.getvalue() + err.getvalue()
+    assert json.loads(out.getvalue())["warm"] is False
+    assert dict(os.environ) == before
 
 
 def test_progress_line_shows_lock_wait_and_bytes(

@@ -1,6 +1,8 @@
-"""Faults that ``hub-prefetch demo`` injects from outside the workers: a stale lease, a killed downloader.
+"""The faults ``hub-prefetch demo`` can inject, named once here (the CLI's ``--fault`` choices come from
+:data:`FAULTS`), and the two it injects from outside the workers: a stale lease, a killed downloader.
 
-(The no-op ``flock`` acts inside the workers: :mod:`hub_prefetch.testing.demo_targets`.)
+(The no-op ``flock`` acts inside the workers: :mod:`hub_prefetch.demo.targets`, switched on by
+:data:`NOOP_FLOCK_ENV`; the 503 outage and the stalled shard are the local Hub's own fault knobs.)
 """
 
 from __future__ import annotations
@@ -11,15 +13,70 @@ import subprocess
 import sys
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .lock import list_locks
+from ..lock import list_locks
 
 if TYPE_CHECKING:
-    from .testing.server import LocalHub
+    from ..testing import LocalHub
 
-__all__ = ["kill_downloader", "plant_stale_lease"]
+__all__ = [
+    "FAULTS",
+    "NOOP_FLOCK_ENV",
+    "OUTAGE_S",
+    "STALE_LEASE_TTL",
+    "Fault",
+    "kill_downloader",
+    "plant_stale_lease",
+]
+
+#: The environment variable that turns ``fcntl.flock`` into a silent no-op in a demo worker.
+NOOP_FLOCK_ENV = "HUB_PREFETCH_TESTING_NOOP_FLOCK"
+#: Seconds the Hub answers 503 to every file request at the start of each cold run (``http-503``).
+OUTAGE_S = 3.0
+#: The TTL of the lease the dead holder on "node-17" leaves behind (``stale-lease``).
+STALE_LEASE_TTL = 4.0
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One fault of the demo: its line in ``hub-prefetch demo --help`` and its sentence under the table."""
+
+    name: str
+    summary: str
+    description: str
+
+
+#: fault name -> the fault, in the order ``--help`` lists them.
+FAULTS: dict[str, Fault] = {
+    fault.name: fault
+    for fault in (
+        Fault("none", "no fault: the plain race of N cold loaders", "no fault: N cold loaders at once"),
+        Fault(
+            "killed-downloader",
+            "the process that is downloading is SIGKILLed mid-shard",
+            "the process downloading is SIGKILLed mid-shard (it counts as killed, not failed)",
+        ),
+        Fault(
+            "http-503",
+            "the Hub answers 503 to the first file requests",
+            f"the Hub answers 503 to every file request for the first {OUTAGE_S:g} s of each cold run",
+        ),
+        Fault(
+            "noop-flock",
+            "flock() succeeds but locks nothing (Lustre, NFS local_lock, FUSE)",
+            "flock() succeeds but excludes no one (as on Lustre, GPFS, NFS with local_lock, FUSE)",
+        ),
+        Fault(
+            "stale-lease",
+            "a dead holder on another host left a repo lease behind",
+            "a holder on another host (node-17) died holding the repo lease "
+            f"(ttl {STALE_LEASE_TTL:g} s); plain loaders have no such lock",
+        ),
+    )
+}
 
 
 def plant_stale_lease(cache: Path, repo_id: str, ttl: float) -> None:

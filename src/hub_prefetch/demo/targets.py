@@ -16,10 +16,9 @@ import fcntl
 import os
 from typing import Any
 
-__all__ = ["NOOP_FLOCK_ENV", "noop_flock_active", "plain", "protected"]
+from .faults import NOOP_FLOCK_ENV
 
-#: The environment variable that turns ``fcntl.flock`` into a silent no-op in the worker.
-NOOP_FLOCK_ENV = "HUB_PREFETCH_TESTING_NOOP_FLOCK"
+__all__ = ["noop_flock_active", "plain", "protected"]
 
 
 def _noop_flock(fd: Any, operation: int) -> None:
@@ -35,7 +34,7 @@ if os.environ.get(NOOP_FLOCK_ENV, "").strip().lower() in ("1", "true", "yes"):
     fcntl.flock = _noop_flock
 
 # After the patch on purpose, though every user looks fcntl.flock up at call time anyway.
-from . import protected_targets, targets  # noqa: E402
+from ..testing import protected_targets, targets  # noqa: E402
 
 
 def plain(repo_id: str, subfolder: str = "", **kwargs: Any) -> dict[str, Any]:

@@ -1,61 +1,37 @@
-"""``hub-prefetch demo``: N real worker processes load one model on a cold cache, plain vs hub-prefetch.
+"""The demo's runs: two lanes of forked workers (plain and protected), round after round, and the tally.
 
-Everything runs on this machine: a local Hub (:class:`~hub_prefetch.testing.LocalHub`, in a subprocess,
-its link throttled so that downloads take long enough for the race to be real) serving a tiny sharded
-BERT built by :func:`~hub_prefetch.testing.build_sharded_model`. Each run forks ``N`` workers from one
-interpreter that imported torch and transformers once (:mod:`hub_prefetch.testing.forkpool`) and
-releases them at the same instant; each loads ``AutoModel.from_pretrained(repo, subfolder=...)`` and
-reports the fingerprint of the tensors it got, so a wrong or partial load counts as a failure.
-
-Runs: plain on a cold cache, hub-prefetch on another cold cache (both under the chosen fault), then
-hub-prefetch again on its now-warm cache, and plain again on its own cache. Figures come from the
-workers' results, the Hub's request log and the cache folders.
+Each lane is one :class:`~hub_prefetch.testing.forkpool.ForkedWorkers` zygote that imported torch and
+transformers once; every round forks its ``N`` workers afresh on a cache folder, injects the fault
+(:mod:`hub_prefetch.demo.faults`), releases them together and counts what they loaded, what the Hub
+served and what was left behind in the cache.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import re
-import shutil
 import statistics
-import sys
-import tempfile
 import threading
-import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
-from ._cli_progress import StatusLine, human_bytes, human_seconds
-from ._demo_faults import kill_downloader, plant_stale_lease
-from .testing.workers import QUIET_ENV
+from ..console import StatusLine
+from ..testing.workers import QUIET_ENV
+from .faults import NOOP_FLOCK_ENV, OUTAGE_S, STALE_LEASE_TTL, kill_downloader, plant_stale_lease
 
 if TYPE_CHECKING:
-    from .testing.server import LocalHub
+    from ..testing import LocalHub
 
-__all__ = ["FAULTS", "RunStats", "run_demo"]
+__all__ = ["REPO_ID", "SHARDS", "SUBFOLDER", "RunStats", "needed_bytes", "run_lanes"]
 
 REPO_ID = "demo/sharded-bert"
 SUBFOLDER = "text_encoder"
 SHARDS = 4
-STALE_LEASE_TTL = 4.0
-
-#: fault name -> what the demo does, as printed under the table.
-FAULTS = {
-    "none": "no fault: N cold loaders at once",
-    "killed-downloader": "the process downloading is SIGKILLed mid-shard (it counts as killed, not failed)",
-    "http-503": "the Hub answers 503 to every file request for the first 3 s of each cold run",
-    "noop-flock": "flock() succeeds but excludes no one (as on Lustre, GPFS, NFS with local_lock, FUSE)",
-    "stale-lease": "a holder on another host (node-17) died holding the repo lease "
-    f"(ttl {STALE_LEASE_TTL:g} s); plain loaders have no such lock",
-}
 
 _WORKER_PRELOAD = ("transformers.models.bert.modeling_bert",)
 _STALL_AFTER = 64 * 1024
-_OUTAGE_S = 3.0
 _CACHE_PATH = re.compile(r"/\S*/models--")
 
 
@@ -92,7 +68,7 @@ class RunStats:
 # ------------------------------------------------------------------------------------------ setup
 
 
-def _needed_bytes(store: Any, repo_id: str, commit: str) -> int:
+def needed_bytes(store: Any, repo_id: str, commit: str) -> int:
     files = store.files(repo_id, commit)
     return sum(f.size for p, f in files.items() if p.startswith(f"{SUBFOLDER}/"))
 
@@ -109,7 +85,7 @@ def _worker_env(hub: LocalHub, home: Path, extra: dict[str, str]) -> dict[str, s
             "TRANSFORMERS_OFFLINE": None,
             "HUB_PREFETCH_LOCK": None,
             "HUB_PREFETCH_LOCK_TIMEOUT": "120",
-            "HUB_PREFETCH_TESTING_NOOP_FLOCK": None,
+            NOOP_FLOCK_ENV: None,
         }
     )
     env.update(extra)
@@ -161,7 +137,7 @@ def _run_round(
         # N plain workers once each, but all on hub-prefetch's single downloader).
         outage_id = hub.fail("*/resolve/*", status=503, count=-1)
         fault_ids.append(outage_id)
-        outage = threading.Timer(_OUTAGE_S, lambda: hub.clear_fault(outage_id))
+        outage = threading.Timer(OUTAGE_S, lambda: hub.clear_fault(outage_id))
     stop = threading.Event()
     killer = None
     killed: list[int] = []
@@ -221,62 +197,28 @@ def _run_round(
     stats.errors = dict(errors)
 
 
-# ------------------------------------------------------------------------------------------ the table
+# ------------------------------------------------------------------------------------------ all rounds
 
 
-def _cell(stats: RunStats, row: str) -> str:
-    if row == "failed":
-        alive = stats.workers * stats.rounds - stats.killed
-        text = f"{stats.failed + stats.wrong_weights} of {alive}"
-        return text + (f" (+{stats.killed} killed)" if stats.killed else "")
-    if row == "time":
-        done = [t for t in stats.round_times_s if t is not None]
-        never = len(stats.round_times_s) - len(done)
-        if not never:
-            return human_seconds(float(statistics.median(done)))
-        if not done:
-            return f"never (last worker ended at {human_seconds(stats.last_done_s)})"
-        return f"{human_seconds(float(statistics.median(done)))}; never in {never} of {stats.rounds} runs"
-    if row == "bytes":
-        ratio = stats.bytes_served / stats.bytes_needed if stats.bytes_needed else 0.0
-        return f"{human_bytes(stats.bytes_served)} / {human_bytes(stats.bytes_needed)} ({ratio:.1f}x)"
-    if row == "requests":
-        return str(stats.hub_requests)
-    if row == "temps":
-        return str(stats.temp_files)
-    raise KeyError(row)
-
-
-_ROWS = (
-    ("failed", "failed workers"),
-    ("time", "time until all loaded"),
-    ("bytes", "bytes served / needed"),
-    ("requests", "Hub requests"),
-    ("temps", "temp files left behind"),
-)
-
-
-def render_table(runs: list[RunStats]) -> str:
-    header = ["", *[r.name for r in runs]]
-    body = [[label, *[_cell(r, key) for r in runs]] for key, label in _ROWS]
-    widths = [max(len(row[i]) for row in [header, *body]) for i in range(len(header))]
-    lines = [
-        "  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row)).rstrip() for row in [header, *body]
-    ]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-# ------------------------------------------------------------------------------------------ entry
-
-
-def _run_lanes(
-    args: argparse.Namespace, *, hub: LocalHub, root: Path, fingerprint: str, needed: int, status: StatusLine
+def run_lanes(
+    hub: LocalHub,
+    root: Path,
+    *,
+    workers: int,
+    fault: str,
+    rounds: int,
+    fingerprint: str,
+    needed: int,
+    status: StatusLine,
 ) -> list[RunStats]:
-    from .testing.forkpool import ForkedWorkers  # noqa: PLC0415 - optional testing extras
+    """Start both lanes, run ``rounds`` cold rounds per lane under ``fault``, then one warm round each.
 
-    n, fault, rounds = args.workers, args.fault, args.rounds
-    noop = {"HUB_PREFETCH_TESTING_NOOP_FLOCK": "1"} if fault == "noop-flock" else {}
+    Returns the four columns: plain (cold), hub-prefetch (cold), plain (warm), hub-prefetch (warm).
+    """
+    from ..testing.forkpool import ForkedWorkers  # noqa: PLC0415 - optional testing extras
+
+    n = workers
+    noop = {NOOP_FLOCK_ENV: "1"} if fault == "noop-flock" else {}
     lease = {"HUB_PREFETCH_LOCK": "lease"} if fault == "stale-lease" else {}
     lanes: dict[str, _Lane] = {}
     with contextlib.ExitStack() as stack:
@@ -287,7 +229,7 @@ def _run_lanes(
             lane = _Lane(target, None, home)
             env = _worker_env(hub, home, extra)
             lane.pool = ForkedWorkers(
-                f"hub_prefetch.testing.demo_targets:{target}",
+                f"hub_prefetch.demo.targets:{target}",
                 lane.kwargs(lane.cache(0)),
                 n=n,
                 env=env,
@@ -336,91 +278,3 @@ def _run_lanes(
     for r in runs:
         r.bytes_needed = needed * r.rounds
     return runs
-
-
-def run_demo(args: argparse.Namespace, *, out: TextIO, err: TextIO, status: StatusLine) -> int:
-    """The ``demo`` command; returns 0 when every hub-prefetch worker loaded the right weights."""
-    try:
-        from .testing import LocalHub, RepoStore, build_sharded_model  # noqa: PLC0415 - optional extras
-    except ImportError as exc:
-        err.write(
-            f"hub-prefetch demo needs the testing extras ({exc.name} is missing): "
-            "pip install 'hub-prefetch[testing,transformers,torch]'\n"
-        )
-        return 2
-    n, fault, rounds = args.workers, args.fault, args.rounds
-    root = Path(tempfile.mkdtemp(prefix="hub-prefetch-demo-"))
-    started = time.monotonic()
-    try:
-        with status:
-            status.waiting("building the tiny sharded model")
-            store = RepoStore(root / "store")
-            built = build_sharded_model(store, REPO_ID, subfolder=SUBFOLDER, shards=SHARDS)
-            needed = _needed_bytes(store, REPO_ID, built.commit)
-            hub = LocalHub.spawn(store.root)
-            try:
-                hub.set_bandwidth(args.bandwidth * 1e6 if args.bandwidth > 0 else None)
-                runs = _run_lanes(
-                    args, hub=hub, root=root, fingerprint=built.fingerprint, needed=needed, status=status
-                )
-            finally:
-                hub.stop()
-    finally:
-        if not args.keep:
-            shutil.rmtree(root, ignore_errors=True)
-    protected = [r for r in runs if r.name.startswith("hub-prefetch")]
-    ok = all(r.failed == 0 and r.wrong_weights == 0 for r in protected)
-    code = 0 if ok else 1
-    total = time.monotonic() - started
-    description = FAULTS[fault].format(n=n)
-    link = f"{args.bandwidth:g} MB/s" if args.bandwidth > 0 else "full speed"
-    if args.json:
-        data = {
-            "ok": ok,
-            "exit_code": code,
-            "command": "demo",
-            "workers": n,
-            "rounds": rounds,
-            "fault": fault,
-            "fault_description": description,
-            "bandwidth_mb_s": args.bandwidth,
-            "repo_id": REPO_ID,
-            "subfolder": SUBFOLDER,
-            "bytes_needed": needed,
-            "runs": [{**asdict(r), "all_loaded_s": r.all_loaded_s} for r in runs],
-            "elapsed_s": total,
-            "folder": str(root) if args.keep else None,
-        }
-        out.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        out.flush()
-        return code
-    lines = [
-        (
-            f"hub-prefetch demo: {n} worker processes load {REPO_ID} ({SUBFOLDER}, {SHARDS} shards, "
-            f"{human_bytes(needed)}) with AutoModel.from_pretrained"
-        ),
-        f"local Hub at {link} (no network); fault: {fault} - {description}",
-    ]
-    if rounds > 1:
-        lines.append(f"cold columns: {rounds} runs on fresh caches, summed (time: the median run)")
-    lines += ["", render_table(runs), ""]
-    for r in runs:
-        for message, count in sorted(r.errors.items(), key=lambda kv: -kv[1]):
-            lines.append(f"{r.name}: {count} x {message}")
-    lock = protected[0].lock_backend if protected else None
-    if lock:
-        lines.append(f"hub-prefetch: repo lock backend {lock}")
-    lines.append(f"done in {human_seconds(total)}" + (f"; files kept in {root}" if args.keep else ""))
-    out.write("\n".join(lines) + "\n")
-    out.flush()
-    return code
-
-
-def main() -> int:  # pragma: no cover - ``python -m hub_prefetch.demo``
-    from .cli import main as cli_main  # noqa: PLC0415 - cli imports this module lazily
-
-    return cli_main(["demo", *sys.argv[1:]])
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -1,4 +1,4 @@
-"""The ``hub-prefetch`` argument parser, exit codes and help texts (the commands live in :mod:`.cli`)."""
+"""The ``hub-prefetch`` argument parser, exit codes and help texts (the commands live in :mod:`.commands`)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
-from . import __version__
+from .. import __version__
+from ..demo.faults import FAULTS
 
 __all__ = [
     "EXIT_CACHE_ERROR",
@@ -20,7 +21,6 @@ __all__ = [
     "EXIT_OK",
     "EXIT_USAGE",
     "EXIT_VERIFY_FAILED",
-    "FAULTS",
     "Parser",
     "build_parser",
     "error_dict",
@@ -59,8 +59,6 @@ examples:
 {EXIT_CODES_HELP}
 The cache is HF_HUB_CACHE (or HF_HOME/hub), the Hub is HF_ENDPOINT, as for huggingface_hub.
 """
-
-FAULTS = ("none", "killed-downloader", "http-503", "noop-flock", "stale-lease")
 
 
 def print_json(stream: TextIO, data: Any) -> None:
@@ -223,19 +221,17 @@ def build_parser() -> argparse.ArgumentParser:
         "a chosen fault, then once more warm. Prints failed workers, time until all loaded, bytes served / "
         "needed, Hub requests and temp files left behind, side by side.",
         epilog="faults:\n"
-        "  none               no fault: the plain race of N cold loaders\n"
-        "  killed-downloader  the process that is downloading is SIGKILLed mid-shard\n"
-        "  http-503           the Hub answers 503 to the first file requests\n"
-        "  noop-flock         flock() succeeds but locks nothing (Lustre, NFS local_lock, FUSE)\n"
-        "  stale-lease        a dead holder on another host left a repo lease behind\n\n"
-        "examples:\n  hub-prefetch demo\n  hub-prefetch demo --workers 16 --fault noop-flock\n"
+        + "".join(f"  {fault.name:17s}  {fault.summary}\n" for fault in FAULTS.values())
+        + "\nexamples:\n  hub-prefetch demo\n  hub-prefetch demo --workers 16 --fault noop-flock\n"
         "  hub-prefetch demo --fault killed-downloader --json\n\n"
         "exit codes: 0 when every hub-prefetch worker loaded the right weights, 1 otherwise, 2 usage error",
     )
     p.add_argument(
         "--workers", type=_positive_int, default=8, metavar="N", help="worker processes (default 8)"
     )
-    p.add_argument("--fault", choices=FAULTS, default="none", help="the fault to inject (default: none)")
+    p.add_argument(
+        "--fault", choices=tuple(FAULTS), default="none", help="the fault to inject (default: none)"
+    )
     p.add_argument(
         "--bandwidth",
         type=float,

@@ -1,76 +1,45 @@
-"""``hub-prefetch``: warm, verify and repair a model in the HF cache, list repo locks, run the demo.
+"""The commands of ``hub-prefetch``: ``warm``, ``verify``, ``repair``, ``locks`` and ``demo``.
 
-Exit codes (also in ``hub-prefetch --help``):
-
-==== =====================================================================================
-0    ok
-1    verification failed: files missing, truncated, corrupt or dangling (or still so after repair)
-2    usage error: bad arguments, bad repo id / revision / subfolder, unknown subfolder
-3    lock timeout: another process held the repo lock longer than ``--lock-timeout``
-4    hub error: no such repo / revision / file, no access, Hub unreachable, offline and not cached
-5    cache error: the cache cannot be written (read-only, full disk, permissions)
-70   internal error: a bug in hub-prefetch (the traceback is printed)
-130  interrupted
-==== =====================================================================================
-
-Logging is configured here and only here: the library only logs.
+Each takes a :class:`Context` (parsed arguments, output streams, the status line) and returns its exit
+code; errors propagate to :func:`hub_prefetch.cli.main`, which maps them to the documented exit codes.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
+import functools
 import time
-import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, TextIO
 
-from huggingface_hub.utils.tqdm import disable_progress_bars
+from .. import cache, errors
+from ..console import StatusLine, human_bytes, human_seconds
+from ..demo import run_demo
+from ..lock import LockInfo, list_locks
+from ..prefetch import PrefetchResult, prefetch, repair, verify
+from ..settings import Settings
+from .parser import EXIT_OK, EXIT_VERIFY_FAILED, print_json
 
-from . import cache, errors
-from ._cli_parser import (
-    EXIT_CACHE_ERROR,
-    EXIT_CODES_HELP,
-    EXIT_HUB_ERROR,
-    EXIT_INTERNAL,
-    EXIT_INTERRUPTED,
-    EXIT_LOCK_TIMEOUT,
-    EXIT_OK,
-    EXIT_USAGE,
-    EXIT_VERIFY_FAILED,
-    Parser,
-    build_parser,
-    error_dict,
-    print_json,
-)
-from ._cli_progress import StatusLine, configure_logging, human_bytes, human_seconds
-from .lock import LockInfo, list_locks
-from .prefetch import PrefetchResult, prefetch, repair, verify
-from .settings import Settings
+__all__ = ["COMMANDS", "Context", "status_label"]
 
-__all__ = [
-    "EXIT_CACHE_ERROR",
-    "EXIT_CODES_HELP",
-    "EXIT_HUB_ERROR",
-    "EXIT_INTERNAL",
-    "EXIT_INTERRUPTED",
-    "EXIT_LOCK_TIMEOUT",
-    "EXIT_OK",
-    "EXIT_USAGE",
-    "EXIT_VERIFY_FAILED",
-    "build_parser",
-    "main",
-]
-
-# ------------------------------------------------------------------------------------------ output
+# ------------------------------------------------------------------------------------------ context
 
 
-class _Context:
-    """What every command gets: parsed args, output streams and the status line."""
+class Context:
+    """What every command gets: parsed args, output streams, the status line and the settings."""
 
     def __init__(self, args: argparse.Namespace, out: TextIO, err: TextIO, status: StatusLine) -> None:
         self.args, self.out, self.err, self.status = args, out, err, status
+
+    @functools.cached_property
+    def settings(self) -> Settings:
+        """The environment now, with ``--cache-dir`` and ``--lock-timeout`` on top: one object for the
+        whole command, passed to the library (the CLI never writes ``os.environ``). Built on first use,
+        so ``demo``, which needs none, does not parse them."""
+        return Settings.from_env(
+            cache_dir=getattr(self.args, "cache_dir", None),
+            lock_timeout=getattr(self.args, "lock_timeout", None),
+        )
 
     @property
     def json(self) -> bool:
@@ -84,14 +53,15 @@ class _Context:
             self.out.flush()
 
 
-def _request_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+def _request_kwargs(ctx: Context) -> dict[str, Any]:
+    args = ctx.args
     return {
         "revision": args.revision,
         "repo_type": args.repo_type,
         "variant": args.variant,
         "all_files": args.all_files,
-        "cache_dir": args.cache_dir,
         "token": args.token,
+        "settings": ctx.settings,
     }
 
 
@@ -103,11 +73,11 @@ def _label(args: argparse.Namespace) -> str:
     return f"{args.repo}@{args.revision or 'main'}"
 
 
-def _watch(ctx: _Context) -> None:
+def _watch(ctx: Context) -> None:
     """Point the status line at the repo's blobs folder (nothing happens if the input is invalid)."""
     args = ctx.args
     try:
-        folder = Settings.from_env(cache_dir=args.cache_dir).cache_dir
+        folder = ctx.settings.cache_dir
         repo_id = cache.validate_repo_id(args.repo)
     except errors.InvalidRequestError:
         return
@@ -135,12 +105,12 @@ def _result_lines(result: PrefetchResult) -> list[str]:
 # ------------------------------------------------------------------------------------------ commands
 
 
-def _cmd_warm(ctx: _Context) -> int:
+def _cmd_warm(ctx: Context) -> int:
     args = ctx.args
     _watch(ctx)
     with ctx.status:
         result = prefetch(
-            args.repo, _subfolders(args), deep=True if args.deep else None, **_request_kwargs(args)
+            args.repo, _subfolders(args), deep=True if args.deep else None, **_request_kwargs(ctx)
         )
     data = {"ok": True, "exit_code": EXIT_OK, "command": "warm", **result.to_dict()}
     state = "already warm" if result.warm else "warmed"
@@ -148,10 +118,10 @@ def _cmd_warm(ctx: _Context) -> int:
     return EXIT_OK
 
 
-def _cmd_verify(ctx: _Context) -> int:
+def _cmd_verify(ctx: Context) -> int:
     args = ctx.args
     with ctx.status:
-        report = verify(args.repo, _subfolders(args), deep=args.deep, **_request_kwargs(args))
+        report = verify(args.repo, _subfolders(args), deep=args.deep, **_request_kwargs(ctx))
     code = EXIT_OK if report.ok else EXIT_VERIFY_FAILED
     human = str(report)
     if not report.ok:
@@ -161,19 +131,19 @@ def _cmd_verify(ctx: _Context) -> int:
     return code
 
 
-def _cmd_repair(ctx: _Context) -> int:
+def _cmd_repair(ctx: Context) -> int:
     args = ctx.args
     # A cheap stat-only look first, so the report can say what each fixed file's problem was; the
     # repair itself re-checks everything (with sha256 unless --no-deep) under the lock.
     kinds: dict[str, str] = {}
     try:
-        before = verify(args.repo, _subfolders(args), deep=False, **_request_kwargs(args))
+        before = verify(args.repo, _subfolders(args), deep=False, **_request_kwargs(ctx))
         kinds = {p.path: p.kind for p in before.problems}
     except (errors.CorruptRepoFileError, errors.OfflineCacheMissError):
         pass  # a broken local index or listing is for the repair to fix; it re-reads them under the lock
     _watch(ctx)
     with ctx.status:
-        result = repair(args.repo, _subfolders(args), deep=args.deep, **_request_kwargs(args))
+        result = repair(args.repo, _subfolders(args), deep=args.deep, **_request_kwargs(ctx))
     fixed = sorted(set(result.downloaded) | set(result.repaired))
     fixed_kinds = {p: kinds.get(p, "hash" if p in result.repaired else "bad") for p in fixed}
     data = {
@@ -239,9 +209,9 @@ def _lock_cells(info: LockInfo) -> tuple[str, str, str, str, str, str]:
     )
 
 
-def _cmd_locks(ctx: _Context) -> int:
+def _cmd_locks(ctx: Context) -> int:
     args = ctx.args
-    folder = Settings.from_env(cache_dir=args.cache_dir).cache_dir
+    folder = ctx.settings.cache_dir
     where = cache.lock_dir(folder)
     wanted = cache.validate_repo_id(args.repo) if args.repo else None
     locks = [info for info in list_locks(folder) if wanted is None or info.repo_id == wanted]
@@ -267,13 +237,13 @@ def _cmd_locks(ctx: _Context) -> int:
     return EXIT_OK
 
 
-def _cmd_demo(ctx: _Context) -> int:
-    from .demo import run_demo  # noqa: PLC0415 - the demo needs the optional testing extras
-
+def _cmd_demo(ctx: Context) -> int:
+    # run_demo imports the optional testing extras (aiohttp, torch, transformers) only when it runs.
     return run_demo(ctx.args, out=ctx.out, err=ctx.err, status=ctx.status)
 
 
-_COMMANDS: dict[str, Callable[[_Context], int]] = {
+#: command name -> the function that runs it.
+COMMANDS: dict[str, Callable[[Context], int]] = {
     "warm": _cmd_warm,
     "verify": _cmd_verify,
     "repair": _cmd_repair,
@@ -282,99 +252,8 @@ _COMMANDS: dict[str, Callable[[_Context], int]] = {
 }
 
 
-# ------------------------------------------------------------------------------------------ errors
-
-
-def _exit_code_for(exc: BaseException) -> int:
-    if isinstance(exc, errors.LockTimeout):
-        return EXIT_LOCK_TIMEOUT
-    if isinstance(exc, errors.InvalidRequestError):
-        return EXIT_USAGE
-    if isinstance(exc, errors.IncompleteSnapshotError):
-        return EXIT_VERIFY_FAILED
-    if isinstance(exc, errors.CacheWriteError):
-        return EXIT_CACHE_ERROR
-    if isinstance(exc, errors.HubPrefetchError):
-        return EXIT_HUB_ERROR
-    return EXIT_INTERNAL
-
-
-def _report_error(ctx: _Context, exc: BaseException, code: int) -> None:
-    facts = dict(exc.facts) if isinstance(exc, errors.HubPrefetchError) else {}
-    if ctx.json:
-        print_json(
-            ctx.out,
-            {
-                "ok": False,
-                "exit_code": code,
-                "command": ctx.args.command,
-                "error": error_dict(type(exc).__name__, str(exc), facts),
-            },
-        )
-    if code == EXIT_INTERNAL:
-        ctx.err.write("hub-prefetch: internal error, please report it with this traceback:\n")
-        ctx.err.write("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)))
-    elif not ctx.json or not ctx.args.quiet:
-        ctx.err.write(f"hub-prefetch: {type(exc).__name__}: {exc}\n")
-    ctx.err.flush()
-
-
-# ------------------------------------------------------------------------------------------ main
-
-
-def main(argv: Sequence[str] | None = None, *, out: TextIO | None = None, err: TextIO | None = None) -> int:
-    """Run the CLI; return the exit code (the ``hub-prefetch`` script exits with it)."""
-    out = out or sys.stdout
-    err = err or sys.stderr
-    argv = list(sys.argv[1:] if argv is None else argv)
-    parser = build_parser()
-    Parser.json_errors = "--json" in argv
-    try:
-        args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return int(exc.code) if isinstance(exc.code, int) else EXIT_USAGE
-    finally:
-        Parser.json_errors = False
-    if getattr(args, "lock_timeout", None) is not None:
-        # Settings are read from the environment at call time; this process is ours to configure.
-        os.environ["HUB_PREFETCH_LOCK_TIMEOUT"] = str(args.lock_timeout)
-    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    verbosity = -1 if args.quiet else args.verbose
-    show = args.progress == "always" or (args.progress == "auto" and _isatty(err))
-    status = StatusLine(err, enabled=show and not args.quiet, label=_status_label(args))
-    configure_logging(verbosity, status=status, stream=err)
-    _quiet_hf_bars()
-    ctx = _Context(args, out, err, status)
-    func: Callable[[_Context], int] = _COMMANDS[args.command]
-    try:
-        return func(ctx)
-    except KeyboardInterrupt:
-        err.write("hub-prefetch: interrupted\n")
-        return EXIT_INTERRUPTED
-    except Exception as exc:  # noqa: BLE001 - every error becomes a documented exit code
-        code = _exit_code_for(exc)
-        _report_error(ctx, exc, code)
-        return code
-
-
-def _status_label(args: argparse.Namespace) -> str:
+def status_label(args: argparse.Namespace) -> str:
+    """What the status line is about: ``warm org/model@main``, or the bare command."""
     if args.command in ("warm", "verify", "repair"):
         return f"{args.command} {_label(args)}"
     return str(args.command)
-
-
-def _isatty(stream: TextIO) -> bool:
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
-def _quiet_hf_bars() -> None:
-    # N parallel downloads would draw N bars; the status line is the one display. (A function in
-    # huggingface_hub 1.x, a class usable as one in 2.x.)
-    disable_progress_bars()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,10 +1,14 @@
-"""The CLI's only terminal display: one status line per process, and the logging set-up.
+"""The console display shared by the CLI and the demo: one status line per process, human units, and the
+logging set-up.
 
 The library never configures logging; the CLI does, here. While a command runs, one line on stderr
 says what it is doing (waiting for the lock, and for whom; bytes arrived so far and the rate), redrawn
 in place. It is drawn only on a terminal (or with ``--progress always``); elsewhere the lock's own
 "waiting for ..." log lines, one per ``HUB_PREFETCH_WAIT_LOG_INTERVAL``, tell the story in CI logs.
 huggingface_hub's own per-file bars are turned off: N parallel downloads would draw N bars.
+
+This module sits beside :mod:`hub_prefetch.cli` rather than inside it so that :mod:`hub_prefetch.demo`
+can draw the same line without importing the CLI (which imports the demo).
 """
 
 from __future__ import annotations
@@ -129,6 +133,11 @@ class StatusLine:
         self.clear()
 
 
+def _from_lock(record: logging.LogRecord) -> bool:
+    """Whether ``record`` comes from the repo lock (``hub_prefetch.lock`` or a logger below it)."""
+    return record.name == "hub_prefetch.lock" or record.name.startswith("hub_prefetch.lock.")
+
+
 class _StatusAwareHandler(logging.StreamHandler):  # type: ignore[type-arg]
     """Prints log records above the status line, and feeds lock-wait records to it."""
 
@@ -140,14 +149,15 @@ class _StatusAwareHandler(logging.StreamHandler):  # type: ignore[type-arg]
 
     def emit(self, record: logging.LogRecord) -> None:
         status = self.status
-        if record.name == "hub_prefetch.lock" and status is not None:
+        from_lock = _from_lock(record)
+        if from_lock and status is not None:
             text = record.getMessage()
             if text.startswith("waiting for"):
                 status.waiting(text)
             elif text.startswith("acquired"):
                 status.waiting(None)
         shown = record.levelno >= self.show_level or (
-            self.lock_info and record.name == "hub_prefetch.lock" and record.levelno >= logging.INFO
+            self.lock_info and from_lock and record.levelno >= logging.INFO
         )
         if not shown:
             return
