@@ -1,4 +1,4 @@
-"""The commands of ``hub-prefetch``: ``warm``, ``verify``, ``repair``, ``locks`` and ``demo``.
+"""The commands of ``hub-prefetch``: ``warm``, ``verify``, ``repair``, ``locks``, ``doctor`` and ``demo``.
 
 Each takes a :class:`Context` (parsed arguments, output streams, the status line) and returns its exit
 code; errors propagate to :func:`hub_prefetch.cli.main`, which maps them to the documented exit codes.
@@ -15,6 +15,7 @@ from typing import Any, TextIO
 from .. import cache, errors
 from ..console import StatusLine, human_bytes, human_seconds
 from ..demo import run_demo
+from ..doctor import diagnose
 from ..lock import LockInfo, list_locks
 from ..prefetch import PrefetchResult, prefetch, repair, verify
 from ..settings import Settings
@@ -214,7 +215,9 @@ def _cmd_locks(ctx: Context) -> int:
     folder = ctx.settings.cache_dir
     where = cache.lock_dir(folder)
     wanted = cache.validate_repo_id(args.repo) if args.repo else None
-    locks = [info for info in list_locks(folder) if wanted is None or info.repo_id == wanted]
+    locks = [
+        info for info in list_locks(folder, settings=ctx.settings) if wanted is None or info.repo_id == wanted
+    ]
     data = {
         "ok": True,
         "exit_code": EXIT_OK,
@@ -237,6 +240,13 @@ def _cmd_locks(ctx: Context) -> int:
     return EXIT_OK
 
 
+def _cmd_doctor(ctx: Context) -> int:
+    report = diagnose(settings=ctx.settings)
+    code = EXIT_OK if report.ok else EXIT_VERIFY_FAILED
+    ctx.emit({"exit_code": code, "command": "doctor", **report.to_dict()}, str(report))
+    return code
+
+
 def _cmd_demo(ctx: Context) -> int:
     # run_demo imports the optional testing extras (aiohttp, torch, transformers) only when it runs.
     return run_demo(ctx.args, out=ctx.out, err=ctx.err, status=ctx.status)
@@ -248,6 +258,7 @@ COMMANDS: dict[str, Callable[[Context], int]] = {
     "verify": _cmd_verify,
     "repair": _cmd_repair,
     "locks": _cmd_locks,
+    "doctor": _cmd_doctor,
     "demo": _cmd_demo,
 }
 

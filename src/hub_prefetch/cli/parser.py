@@ -54,6 +54,7 @@ examples:
   hub-prefetch verify org/model --deep --json
   hub-prefetch repair org/model
   hub-prefetch locks
+  hub-prefetch doctor
   hub-prefetch demo --workers 8 --fault killed-downloader
 
 {EXIT_CODES_HELP}
@@ -209,6 +210,21 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="examples:\n  hub-prefetch locks\n  hub-prefetch locks org/model --json\n\n" + EXIT_CODES_HELP,
     )
     p.add_argument("repo", metavar="REPO", nargs="?", help="only the locks of this repo id")
+    p.add_argument("--cache-dir", type=Path, help="the hub cache (default: HF_HUB_CACHE or HF_HOME/hub)")
+
+    p = sub.add_parser(
+        "doctor",
+        parents=[common],
+        formatter_class=fmt,
+        help="check a cache's filesystem, locks, clock and temp files; exit 1 on a problem",
+        description="What to run when loads hang or a cluster shares a cache: probe the cache's filesystem "
+        "as the lock does (flock works, excludes across descriptors; O_EXCL and link() atomic; network "
+        "filesystem type), its sharing bits and free space, this host's clock against the filesystem's "
+        "and the lease holders', every lock with its holder and age, and orphan temp files; and say which "
+        "lock backend auto picks and why. Changes nothing but its probe files (and creates the lock folder if missing).",
+        epilog="examples:\n  hub-prefetch doctor\n  hub-prefetch doctor --cache-dir /shared/hf/hub --json\n\n"
+        "exit codes: 0 healthy (warnings allowed), 1 problems found, 2 usage error",
+    )
     p.add_argument("--cache-dir", type=Path, help="the hub cache (default: HF_HUB_CACHE or HF_HOME/hub)")
 
     p = sub.add_parser(
