@@ -128,8 +128,8 @@ class Soak:
         self.rng = random.Random(args.seed)
         self.tally = Tally()
         self.can_mount = os.geteuid() == 0 and self._probe_mount()
+        from hub_prefetch.testing import LocalHub
         from hub_prefetch.testing.repos import build_sharded_model
-        from hub_prefetch.testing.server import LocalHub
         from hub_prefetch.testing.store import RepoStore
 
         self.store = RepoStore(work / "store")

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from .lock import list_locks
 
 if TYPE_CHECKING:
-    from .testing.server import LocalHub
+    from .testing import LocalHub
 
 __all__ = ["kill_downloader", "plant_stale_lease"]
 

@@ -34,7 +34,7 @@ from ._demo_faults import kill_downloader, plant_stale_lease
 from .testing.workers import QUIET_ENV
 
 if TYPE_CHECKING:
-    from .testing.server import LocalHub
+    from .testing import LocalHub
 
 __all__ = ["FAULTS", "RunStats", "run_demo"]
 

@@ -14,6 +14,8 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .hub.client import Hold, LocalHub
+    from .hub.log import RequestRecord
     from .repos import (
         BuiltRepo,
         build_diffusers_pipeline,
@@ -24,7 +26,6 @@ if TYPE_CHECKING:
         tensor_fingerprint,
         tokenizer_fingerprint,
     )
-    from .server import Hold, LocalHub, RequestRecord
     from .store import RepoStore, StoredFile
     from .workers import WorkerError, WorkerPool, WorkerResult, run_workers
 
@@ -37,9 +38,9 @@ _WHERE = {
     "build_variant_repo": "repos",
     "tensor_fingerprint": "repos",
     "tokenizer_fingerprint": "repos",
-    "Hold": "server",
-    "LocalHub": "server",
-    "RequestRecord": "server",
+    "Hold": "hub.client",
+    "LocalHub": "hub.client",
+    "RequestRecord": "hub.log",
     "RepoStore": "store",
     "StoredFile": "store",
     "WorkerError": "workers",

@@ -53,7 +53,7 @@ from .repos import (
 from .workers import QUIET_ENV
 
 if TYPE_CHECKING:
-    from .server import LocalHub
+    from .hub.client import LocalHub
     from .store import RepoStore
 
 __all__ = [
@@ -117,7 +117,7 @@ def built_repos(_hub_build: tuple[RepoStore, dict[str, BuiltRepo]]) -> dict[str,
 
 @pytest.fixture(scope="session")
 def local_hub(hub_store: RepoStore) -> Iterator[LocalHub]:
-    from .server import LocalHub
+    from .hub.client import LocalHub
 
     port = _endpoint_port()
     if port is None:
