@@ -14,6 +14,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .harness import WorkerError, WorkerResult
     from .hub.client import Hold, LocalHub
     from .hub.log import RequestRecord
     from .repos import (
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
         tokenizer_fingerprint,
     )
     from .store import RepoStore, StoredFile
-    from .workers import WorkerError, WorkerPool, WorkerResult, run_workers
+    from .workers import WorkerPool, run_workers
 
 _WHERE = {
     "BuiltRepo": "repos",
@@ -43,9 +44,9 @@ _WHERE = {
     "RequestRecord": "hub.log",
     "RepoStore": "store",
     "StoredFile": "store",
-    "WorkerError": "workers",
+    "WorkerError": "harness",
     "WorkerPool": "workers",
-    "WorkerResult": "workers",
+    "WorkerResult": "harness",
     "run_workers": "workers",
 }
 
