@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import tempfile
+from pathlib import Path
 
 import pytest
 
@@ -35,6 +36,13 @@ atexit.register(shutil.rmtree, _hf_home, ignore_errors=True)
 os.environ["HF_HOME"] = _hf_home
 os.environ.pop("HF_HUB_CACHE", None)
 
+# Worker processes import this project's own targets by name ("tests.support.fault_targets:dispatch"):
+# every subprocess of the session gets the repo root on its path, whatever its working directory.
+_root = str(Path(__file__).resolve().parent.parent)
+_path = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+if _root not in _path:
+    os.environ["PYTHONPATH"] = os.pathsep.join([_root, *_path])
+
 pytest_plugins = ["hub_prefetch.testing.pytest_plugin"]
 
 
@@ -44,4 +52,4 @@ def hf_env(hf_env: dict[str, str]) -> dict[str, str]:
     slow-filesystem knob, which acts only where a test sets its variable (``slowfs.ENV``)."""
     from hub_prefetch.testing.harness import PRELOAD_ENV
 
-    return {**hf_env, PRELOAD_ENV: "hub_prefetch.testing.slowfs:install_from_env"}
+    return {**hf_env, PRELOAD_ENV: "tests.support.slowfs:install_from_env"}

@@ -8,10 +8,10 @@ import pytest
 
 from hub_prefetch.testing.forkpool import ForkedWorkers
 from hub_prefetch.testing.harness import PRELOAD_ENV
-from hub_prefetch.testing.slowfs import ENV as SLOW_REFS
 from hub_prefetch.testing.workers import WorkerError, run_workers
+from tests.support.slowfs import ENV as SLOW_REFS
 
-PROBES = "hub_prefetch.testing._probes"
+PROBES = "tests.support.probes"
 READ_MARKS = {"names": ["HP_PRELOADED"]}
 pytestmark = pytest.mark.timeout(60)
 
@@ -54,7 +54,7 @@ def test_the_slow_ref_knob_acts_through_the_hook(tmp_path: Path) -> None:
     """What the tests' ``hf_env`` preloads: writes under ``refs/`` wait, others do not."""
     refs = tmp_path / "refs"
     refs.mkdir()
-    env = {PRELOAD_ENV: "hub_prefetch.testing.slowfs:install_from_env", SLOW_REFS: "0.5"}
+    env = {PRELOAD_ENV: "tests.support.slowfs:install_from_env", SLOW_REFS: "0.5"}
     kwargs = [{"path": str(refs / "main"), "text": "abc"}, {"path": str(tmp_path / "other"), "text": "abc"}]
     slow, fast = run_workers(f"{PROBES}:timed_write", kwargs, n=2, env=env, timeout=30)
     assert slow.ok and fast.ok, (slow.error, fast.error)

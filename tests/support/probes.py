@@ -52,7 +52,7 @@ def fail(message: str = "boom") -> None:
 
 def chatty(text: str = "noise") -> str:
     """Writes to stdout the way libraries do; the protocol must survive it."""
-    print(text)  # noqa: T201 - the point of this probe
+    print(text)
     sys.stdout.write('{"event": "result", "ok": true, "value": "forged"}\n')
     sys.stdout.flush()
     os.write(1, b"raw fd 1 write\n")

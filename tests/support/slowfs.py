@@ -5,7 +5,7 @@ huggingface_hub < 1.31 rewrites ``refs/<branch>`` in place: ``open(path, "w")`` 
 that gap is long; on a quiet 2-core test machine it is microseconds and the race almost never shows.
 This knob widens the gap the way a slow filesystem does, without touching huggingface_hub's code: the
 truncation happens, then the write waits. A worker whose ``HUB_PREFETCH_WORKER_PRELOAD`` names
-``hub_prefetch.testing.slowfs:install_from_env`` installs it before its target when
+``tests.support.slowfs:install_from_env`` installs it before its target when
 ``HUB_PREFETCH_TEST_SLOW_REF_WRITES`` (seconds) is set; the tests' ``hf_env`` preloads it for every worker.
 """
 

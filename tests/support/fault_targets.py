@@ -20,8 +20,8 @@ from typing import Any
 
 from huggingface_hub import hf_hub_download
 
-from .. import _fsprobe, prefetch
-from ..lock import RepoLock
+from hub_prefetch import _fsprobe, prefetch
+from hub_prefetch.lock import RepoLock
 
 __all__ = [
     "FLOCK_MODES",
