@@ -14,6 +14,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .fingerprints import tensor_fingerprint, tokenizer_fingerprint
     from .harness import WorkerError, WorkerResult
     from .hub.client import Hold, LocalHub
     from .hub.log import RequestRecord
@@ -24,8 +25,6 @@ if TYPE_CHECKING:
         build_sharded_model,
         build_tokenizer,
         build_variant_repo,
-        tensor_fingerprint,
-        tokenizer_fingerprint,
     )
     from .store import RepoStore, StoredFile
     from .workers import WorkerPool, run_workers
@@ -37,8 +36,8 @@ _WHERE = {
     "build_sharded_model": "repos",
     "build_tokenizer": "repos",
     "build_variant_repo": "repos",
-    "tensor_fingerprint": "repos",
-    "tokenizer_fingerprint": "repos",
+    "tensor_fingerprint": "fingerprints",
+    "tokenizer_fingerprint": "fingerprints",
     "Hold": "hub.client",
     "LocalHub": "hub.client",
     "RequestRecord": "hub.log",
