@@ -200,7 +200,7 @@ def _hub_env(url: str, home: Path) -> dict[str, str | None]:
 
 
 def run(cfg: Config) -> dict[str, Any]:
-    from hub_prefetch.testing.server import LocalHub
+    from hub_prefetch.testing import LocalHub
     from hub_prefetch.testing.store import RepoStore
 
     from .model import build_repo

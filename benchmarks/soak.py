@@ -34,7 +34,7 @@ from typing import Any
 
 REPO_ID = "soak/sharded-bert"
 SUB = "text_encoder"
-TARGET = "hub_prefetch.testing.fault_targets:dispatch"
+TARGET = "tests.support.fault_targets:dispatch"
 #: Short, so the lease's stale-temp rule (older than a TTL) is seen within a round; long enough that 8 busy
 #: workers on 2 cores still heartbeat in time.
 LEASE_TTL = 3.0
@@ -128,8 +128,8 @@ class Soak:
         self.rng = random.Random(args.seed)
         self.tally = Tally()
         self.can_mount = os.geteuid() == 0 and self._probe_mount()
+        from hub_prefetch.testing import LocalHub
         from hub_prefetch.testing.repos import build_sharded_model
-        from hub_prefetch.testing.server import LocalHub
         from hub_prefetch.testing.store import RepoStore
 
         self.store = RepoStore(work / "store")

@@ -16,7 +16,7 @@ from hub_prefetch.testing.pytest_plugin import quiet_env
 from hub_prefetch.testing.repos import BuiltRepo
 from hub_prefetch.testing.workers import WorkerPool, WorkerResult
 
-DISPATCH = "hub_prefetch.testing.fault_targets:dispatch"
+DISPATCH = "tests.support.fault_targets:dispatch"
 PRELOAD = ("hub_prefetch.testing.targets", "hub_prefetch.testing.protected_targets")
 
 
@@ -40,7 +40,7 @@ def worker_env(hub_url: str, home: Path, **extra: str | None) -> dict[str, str |
 
 
 class Crew:
-    """``n`` worker processes running :func:`hub_prefetch.testing.fault_targets.dispatch`, one round per
+    """``n`` worker processes running :func:`tests.support.fault_targets.dispatch`, one round per
     call to :meth:`run`. A crew whose worker died (killed, timed out) is replaced on the next run."""
 
     def __init__(self, n: int, env: Mapping[str, str | None], timeout: float = 180.0) -> None:

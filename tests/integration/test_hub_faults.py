@@ -20,7 +20,7 @@ from huggingface_hub import hf_hub_download, snapshot_download
 from huggingface_hub.errors import HfHubHTTPError
 from safetensors.torch import save_file
 
-from hub_prefetch.testing.server import LocalHub, RequestRecord
+from hub_prefetch.testing import LocalHub, RequestRecord
 from hub_prefetch.testing.store import RepoStore
 
 REPO = "org/faulty"

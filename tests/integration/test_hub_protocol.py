@@ -29,7 +29,7 @@ from huggingface_hub.errors import (
 )
 from safetensors.torch import load_file, save_file
 
-from hub_prefetch.testing.server import LocalHub
+from hub_prefetch.testing import LocalHub
 from hub_prefetch.testing.store import RepoStore
 
 REPO = "org/model"

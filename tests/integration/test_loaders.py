@@ -10,8 +10,8 @@ import pytest
 
 import hub_prefetch
 from hub_prefetch.testing.repos import BuiltRepo, tensor_fingerprint
-from hub_prefetch.testing.slowfs import ENV as SLOW_REFS
 from hub_prefetch.testing.workers import WorkerPool
+from tests.support.slowfs import ENV as SLOW_REFS
 
 OLD_STACK = tuple(int(p) for p in huggingface_hub.__version__.split(".")[:2]) < (1, 31)
 PROTECTED = "hub_prefetch.testing.protected_targets:protected_from_pretrained"

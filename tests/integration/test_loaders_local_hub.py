@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from hub_prefetch.testing import LocalHub
 from hub_prefetch.testing.repos import BERT_CONFIG, BuiltRepo, tensor_fingerprint, tokenizer_fingerprint
-from hub_prefetch.testing.server import LocalHub
 from hub_prefetch.testing.workers import run_workers
 
 pytestmark = pytest.mark.timeout(240)

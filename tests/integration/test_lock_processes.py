@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from _machines import REFUSED, become_machine
 
 from hub_prefetch.lock import RepoLock, clear_probe_cache

@@ -197,7 +197,7 @@ def test_cli_section_names_every_command_and_only_real_flags() -> None:
     parser = cli.build_parser()
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     commands = set(sub.choices)
-    assert commands == {"warm", "verify", "repair", "locks", "demo"}
+    assert commands == {"warm", "verify", "repair", "locks", "doctor", "demo"}
     for command in commands:
         assert f"`{command} " in text, f"README does not document `{command}`"
     known = {opt for p in sub.choices.values() for a in p._actions for opt in a.option_strings}
@@ -227,7 +227,7 @@ def test_settings_table_matches_the_code() -> None:
     settings_doc = sys.modules[Settings.__module__].__doc__ or ""
     in_code_table = set(re.findall(r"``([A-Z][A-Z_]+)``", settings_doc))
     assert in_code_table <= documented, f"missing from the README: {in_code_table - documented}"
-    sources = "\n".join(p.read_text() for p in (ROOT / "src" / "hub_prefetch").glob("*.py"))
+    sources = "\n".join(p.read_text() for p in (ROOT / "src" / "hub_prefetch").rglob("*.py"))
     for name in documented:
         assert name in sources, f"README documents {name}, which the library never reads"
     defaults = Settings.from_env(cache_dir="/nonexistent")

@@ -8,7 +8,7 @@ between, the reader resolves an empty commit and raises "does not appear to have
 Eight workers load the same sharded model on a cold cache, released together, run after run (same
 processes, a fresh cache each run) until one fails that way. The figures are printed (``-s``).
 Under load the race shows in 3-4 runs of 10 by itself; on a quiet machine it needs the slow-filesystem
-knob of :mod:`hub_prefetch.testing.slowfs` (20 ms between truncating and writing a ref).
+knob of :mod:`tests.support.slowfs` (20 ms between truncating and writing a ref).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 
 from hub_prefetch.testing.repos import BuiltRepo
-from hub_prefetch.testing.slowfs import ENV as SLOW_REFS
 from hub_prefetch.testing.workers import WorkerPool
+from tests.support.slowfs import ENV as SLOW_REFS
 
 huggingface_hub = pytest.importorskip("huggingface_hub")
 

@@ -10,7 +10,7 @@ import pytest
 
 from hub_prefetch.testing.workers import WorkerError, WorkerPool, run_workers
 
-PROBES = "hub_prefetch.testing._probes"
+PROBES = "tests.support.probes"
 pytestmark = pytest.mark.timeout(60)
 
 

@@ -221,7 +221,8 @@ def build_parser() -> argparse.ArgumentParser:
         "as the lock does (flock works, excludes across descriptors; O_EXCL and link() atomic; network "
         "filesystem type), its sharing bits and free space, this host's clock against the filesystem's "
         "and the lease holders', every lock with its holder and age, and orphan temp files; and say which "
-        "lock backend auto picks and why. Changes nothing but its probe files (and creates the lock folder if missing).",
+        "lock backend auto picks and why. Changes nothing but its probe files (and creates the lock folder "
+        "if missing).",
         epilog="examples:\n  hub-prefetch doctor\n  hub-prefetch doctor --cache-dir /shared/hf/hub --json\n\n"
         "exit codes: 0 healthy (warnings allowed), 1 problems found, 2 usage error",
     )

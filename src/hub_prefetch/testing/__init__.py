@@ -14,6 +14,10 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from .fingerprints import tensor_fingerprint, tokenizer_fingerprint
+    from .harness import WorkerError, WorkerResult
+    from .hub.client import Hold, LocalHub
+    from .hub.log import RequestRecord
     from .repos import (
         BuiltRepo,
         build_diffusers_pipeline,
@@ -21,12 +25,9 @@ if TYPE_CHECKING:
         build_sharded_model,
         build_tokenizer,
         build_variant_repo,
-        tensor_fingerprint,
-        tokenizer_fingerprint,
     )
-    from .server import Hold, LocalHub, RequestRecord
     from .store import RepoStore, StoredFile
-    from .workers import WorkerError, WorkerPool, WorkerResult, run_workers
+    from .workers import WorkerPool, run_workers
 
 _WHERE = {
     "BuiltRepo": "repos",
@@ -35,16 +36,16 @@ _WHERE = {
     "build_sharded_model": "repos",
     "build_tokenizer": "repos",
     "build_variant_repo": "repos",
-    "tensor_fingerprint": "repos",
-    "tokenizer_fingerprint": "repos",
-    "Hold": "server",
-    "LocalHub": "server",
-    "RequestRecord": "server",
+    "tensor_fingerprint": "fingerprints",
+    "tokenizer_fingerprint": "fingerprints",
+    "Hold": "hub.client",
+    "LocalHub": "hub.client",
+    "RequestRecord": "hub.log",
     "RepoStore": "store",
     "StoredFile": "store",
-    "WorkerError": "workers",
+    "WorkerError": "harness",
     "WorkerPool": "workers",
-    "WorkerResult": "workers",
+    "WorkerResult": "harness",
     "run_workers": "workers",
 }
 

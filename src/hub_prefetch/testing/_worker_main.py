@@ -10,20 +10,23 @@ Protocol (one JSON object per line)::
     child  -> stdout  {"event": "ready", ...}  ... GO, result, and so on; EOF on stdin ends the worker
 
 The environment (``HF_HOME``, ``HF_ENDPOINT``, ...) is the process environment given by the parent, so it
-is in place before anything imports huggingface_hub. The target module is imported before READY so that
-GO starts every worker's call, not its imports, at the same instant. Whatever the target or the libraries
-print goes to stderr: file descriptor 1 carries the protocol only.
+is in place before anything imports huggingface_hub. The entries of ``HUB_PREFETCH_WORKER_PRELOAD``, then
+of ``preload``, then the target module are loaded before READY
+(:func:`~hub_prefetch.testing.harness.load_target`), so that GO starts every worker's call, not its
+imports, at the same instant. Whatever the target or the libraries print goes to stderr: file descriptor 1
+carries the protocol only.
 """
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import sys
 import time
 import traceback
 from typing import Any, TextIO
+
+from .harness import load_target
 
 
 def _emit(channel: TextIO, message: dict[str, Any]) -> None:
@@ -51,19 +54,10 @@ def main() -> int:
     os.dup2(2, 1)
     sys.stdout = sys.stderr
 
-    slow_refs = os.environ.get("HUB_PREFETCH_TEST_SLOW_REF_WRITES")
-    if slow_refs:
-        from .slowfs import install_slow_ref_writes  # noqa: PLC0415 - a test fault, only when asked
-
-        install_slow_ref_writes(float(slow_refs))
-
     job = json.loads(sys.stdin.readline())
     t_import = time.time()
     try:
-        for name in job.get("preload", ()):
-            importlib.import_module(name)
-        module_name, _, func_name = job["target"].partition(":")
-        func = getattr(importlib.import_module(module_name), func_name)
+        func = load_target(job["target"], job.get("preload", ()))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which decides
         traceback.print_exc()
         _emit(channel, _failure(exc, t_import))

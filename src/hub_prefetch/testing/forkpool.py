@@ -3,9 +3,10 @@
 :class:`~hub_prefetch.testing.workers.WorkerPool` starts a fresh interpreter per worker: the most
 faithful shape, but on a small machine each one pays seconds of ``torch`` + ``transformers`` imports.
 :class:`ForkedWorkers` starts one fresh interpreter (a *zygote*) with the run's environment, lets it
-import the target and the ``preload`` modules, and has it ``fork`` the ``n`` workers. Each worker is a
+load the ``HUB_PREFETCH_WORKER_PRELOAD`` and ``preload`` entries and the target (as a spawned worker
+does: :mod:`hub_prefetch.testing.harness`), and has it ``fork`` the ``n`` workers. Each worker is a
 real process with its own pid, file descriptors and locks; they start their call at the same instant
-and report the same :class:`~hub_prefetch.testing.workers.WorkerResult`. ``hub-prefetch demo`` uses it
+and report the same :class:`~hub_prefetch.testing.harness.WorkerResult`. ``hub-prefetch demo`` uses it
 to stay within a couple of minutes on two cores.
 
 Protocol (one JSON object per line on the zygote's stdin/stdout)::
@@ -24,7 +25,6 @@ The zygote must not start threads before it forks (none of the libraries it impo
 from __future__ import annotations
 
 import contextlib
-import importlib
 import json
 import os
 import signal
@@ -38,7 +38,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
-from .workers import WorkerError, WorkerResult
+from .harness import WorkerError, WorkerResult, load_target, worker_environ
 
 __all__ = ["ForkedWorkers"]
 
@@ -68,14 +68,7 @@ class ForkedWorkers:
             raise ValueError(f"{len(per_worker)} kwargs mappings for {n} workers")
         self.target, self.n, self.timeout = target, n, timeout
         self._job = {"target": target, "kwargs": per_worker, "preload": list(preload), "timeout": timeout}
-        merged = dict(os.environ)
-        for key, value in env.items():
-            if value is None:
-                merged.pop(key, None)
-            else:
-                merged[key] = value
-        merged.setdefault("PYTHONUNBUFFERED", "1")
-        self._env = merged
+        self._env = worker_environ(env)
         self._python = python or sys.executable
         self._proc: subprocess.Popen[str] | None = None
         self._stderr: IO[bytes] | None = None
@@ -280,10 +273,7 @@ def _zygote() -> int:
         channel.flush()
 
     job = json.loads(sys.stdin.readline())
-    for name in job.get("preload", ()):
-        importlib.import_module(name)
-    module_name, _, func_name = job["target"].partition(":")
-    func = getattr(importlib.import_module(module_name), func_name)
+    func = load_target(job["target"], job.get("preload", ()))
     kwargs_list: list[dict[str, Any]] = job["kwargs"]
     timeout = float(job.get("timeout", 120))
     while True:

@@ -14,7 +14,7 @@ from typing import Any
 from huggingface_hub import snapshot_download
 
 from .. import from_pretrained_with_prefetch, prefetch, prefetch_pipeline, protected_loads
-from .repos import tensor_fingerprint, tokenizer_fingerprint
+from .fingerprints import tensor_fingerprint, tokenizer_fingerprint
 
 __all__ = [
     "patched_plain_from_pretrained",

@@ -29,7 +29,7 @@ Names in ``built_repos``: ``sharded`` (``tiny/sharded-bert``, ``text_encoder``, 
 (token ``hf_secret``) and ``sd/<component>`` for ``tiny/sd-pipe`` (``sd/model_index`` for the root file).
 """
 
-# ruff: noqa: PLC0415  (the server and store import aiohttp/filelock only when a fixture needs them)
+# ruff: noqa: PLC0415  (the local Hub and the store import aiohttp/filelock only when a fixture needs them)
 from __future__ import annotations
 
 import dataclasses
@@ -42,6 +42,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from .harness import QUIET_ENV
 from .repos import (
     BuiltRepo,
     build_diffusers_pipeline,
@@ -50,10 +51,9 @@ from .repos import (
     build_tokenizer,
     build_variant_repo,
 )
-from .workers import QUIET_ENV
 
 if TYPE_CHECKING:
-    from .server import LocalHub
+    from .hub.client import LocalHub
     from .store import RepoStore
 
 __all__ = [
@@ -117,7 +117,7 @@ def built_repos(_hub_build: tuple[RepoStore, dict[str, BuiltRepo]]) -> dict[str,
 
 @pytest.fixture(scope="session")
 def local_hub(hub_store: RepoStore) -> Iterator[LocalHub]:
-    from .server import LocalHub
+    from .hub.client import LocalHub
 
     port = _endpoint_port()
     if port is None:

@@ -5,9 +5,8 @@ loader that fetches the wrong revision, misses a shard or falls back to a defaul
 the configs use non-default sizes (a default config cannot load these weights) and
 :attr:`BuiltRepo.fingerprint` is the hash of the exact tensors that were saved.
 
-Building costs seconds (importing torch); the output is cached on disk under
-``$HUB_PREFETCH_BUILD_CACHE`` (default: ``<tmp>/hub-prefetch-builds``), one folder per installed
-torch / transformers / diffusers versions and builder source, so it is paid once per stack.
+Building costs seconds (importing torch); the output is cached on disk
+(:mod:`~hub_prefetch.testing.buildcache`), so it is paid once per stack.
 
 Each repo gets real history: a first commit with ``.gitattributes`` and ``README.md``, then one commit
 per builder call adding its files.
@@ -21,20 +20,19 @@ import importlib
 import json
 import os
 import shutil
-import tempfile
-import uuid
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from .buildcache import cached_build, folder_files
+from .fingerprints import tensor_fingerprint, tokenizer_fingerprint
 
 if TYPE_CHECKING:
     from .store import RepoStore
 
 __all__ = [
     "BuiltRepo",
-    "build_cache_root",
     "build_diffusers_pipeline",
     "build_gated_repo",
     "build_sharded_model",
@@ -49,10 +47,6 @@ def _lib(name: str) -> Any:
     """Import a heavy library on first use, typed ``Any``: only builders that run pay for torch."""
     return importlib.import_module(name)
 
-
-#: Bump when a builder changes what it writes: old cached builds are then ignored.
-BUILD_FORMAT = 1
-_META = ".build.json"
 
 #: Non-default sizes of the tiny BERT: a ``BertConfig()`` fallback would not fit these weights.
 BERT_CONFIG: dict[str, Any] = {
@@ -96,85 +90,6 @@ class BuiltRepo:
     token: str | None = None
 
 
-def tensor_fingerprint(model_or_state_dict: Any) -> str:
-    """sha256 over the sorted ``(name, dtype, shape, bytes)`` of a state dict or a module's state dict."""
-    state = (
-        model_or_state_dict.state_dict()
-        if hasattr(model_or_state_dict, "state_dict")
-        else model_or_state_dict
-    )
-    torch = _lib("torch")
-
-    digest = hashlib.sha256()
-    for name in sorted(state):
-        tensor = state[name].detach().to("cpu").contiguous()
-        digest.update(f"{name}\0{tensor.dtype}\0{tuple(tensor.shape)}\0".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
-    return digest.hexdigest()
-
-
-def tokenizer_fingerprint(tokenizer: Any) -> str:
-    """sha256 over a tokenizer's sorted vocabulary (what it maps each token to)."""
-    vocab = sorted(tokenizer.get_vocab().items())
-    return hashlib.sha256(json.dumps(vocab).encode()).hexdigest()
-
-
-def _version(dist: str) -> str:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return "absent"
-
-
-def build_cache_root() -> Path:
-    """The folder of cached builds for the installed library versions."""
-    base = os.environ.get("HUB_PREFETCH_BUILD_CACHE") or str(
-        Path(tempfile.gettempdir()) / "hub-prefetch-builds"
-    )
-    versions = [
-        f"{d}-{_version(d)}" for d in ("torch", "transformers", "diffusers", "tokenizers", "safetensors")
-    ]
-    # This file's own bytes are part of the key: editing a builder can never reuse a stale build.
-    source = hashlib.sha256(Path(__file__).read_bytes()).hexdigest()
-    key = hashlib.sha256(json.dumps([BUILD_FORMAT, versions, source]).encode()).hexdigest()[:16]
-    return Path(base) / key
-
-
-def _cached_build(name: str, build: Callable[[Path], dict[str, Any]]) -> tuple[Path, dict[str, Any]]:
-    """Return ``(folder, meta)`` of a build, running ``build(folder)`` only if no finished one exists.
-
-    Concurrent sessions each build into a private folder and publish it with one ``rename``; the loser
-    keeps the winner's copy. A published folder is complete by construction.
-    """
-    root = build_cache_root()
-    final = root / name
-    meta_path = final / _META
-    if meta_path.is_file():
-        return final, json.loads(meta_path.read_text())
-    root.mkdir(parents=True, exist_ok=True)
-    work = root / f".{name}.{uuid.uuid4().hex}.tmp"
-    work.mkdir()
-    try:
-        meta = build(work)
-        (work / _META).write_text(json.dumps(meta, sort_keys=True))
-        try:
-            work.rename(final)
-        except OSError:
-            if not meta_path.is_file():
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    return final, json.loads(meta_path.read_text())
-
-
-def _folder_files(folder: Path) -> dict[str, Path]:
-    return {
-        p.relative_to(folder).as_posix(): p
-        for p in sorted(folder.rglob("*"))
-        if p.is_file() and p.name != _META
-    }
-
-
 def _quiet() -> None:
     """Silence progress bars and advisory warnings of the libraries while building."""
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
@@ -205,7 +120,7 @@ def _commit_folder(
 ) -> tuple[str, tuple[str, ...]]:
     prefix = f"{path_in_repo.strip('/')}/" if path_in_repo.strip("/") else ""
     skipped = set(skip)
-    files = {f"{prefix}{rel}": path for rel, path in _folder_files(folder).items() if rel not in skipped}
+    files = {f"{prefix}{rel}": path for rel, path in folder_files(folder).items() if rel not in skipped}
     commit = store.commit(repo_id, files, message=message)
     return commit, tuple(sorted(files))
 
@@ -278,9 +193,7 @@ def build_sharded_model(
     """A tiny ``BertModel`` (non-default sizes, see :data:`BERT_CONFIG`) saved in ``shards`` safetensors
     shards + ``model.safetensors.index.json`` + ``config.json`` under ``subfolder`` ("" = repo root).
     """
-    folder, meta = _cached_build(
-        f"bert-s{seed}-n{shards}", lambda d: _build_bert(d, seed=seed, shards=shards)
-    )
+    folder, meta = cached_build(f"bert-s{seed}-n{shards}", lambda d: _build_bert(d, seed=seed, shards=shards))
     _ensure_repo(store, repo_id)
     commit, files = _commit_folder(
         store, repo_id, folder, subfolder, f"add {subfolder or 'model'} ({shards} shards)"
@@ -311,7 +224,7 @@ def _build_bert_tokenizer(folder: Path) -> dict[str, Any]:
 
 def build_tokenizer(store: RepoStore, repo_id: str, *, subfolder: str = "tokenizer") -> BuiltRepo:
     """A WordPiece ``BertTokenizer`` over a small fixed vocabulary, saved under ``subfolder``."""
-    folder, meta = _cached_build("bert-tokenizer", _build_bert_tokenizer)
+    folder, meta = cached_build("bert-tokenizer", _build_bert_tokenizer)
     _ensure_repo(store, repo_id)
     commit, files = _commit_folder(store, repo_id, folder, subfolder, f"add {subfolder or 'tokenizer'}")
     return BuiltRepo(repo_id, commit, subfolder, meta["fingerprint"], files)
@@ -340,7 +253,7 @@ def build_variant_repo(
     """A tiny ``BertModel`` under ``subfolder`` as ``model.safetensors``, ``model.fp16.safetensors``,
     ``pytorch_model.bin`` and ``pytorch_model.fp16.bin`` beside one ``config.json`` (float32).
     """
-    folder, meta = _cached_build("bert-variants", _build_variants)
+    folder, meta = cached_build("bert-variants", _build_variants)
     _ensure_repo(store, repo_id)
     commit, files = _commit_folder(
         store, repo_id, folder, subfolder, "add weights in two dtypes and two formats"
@@ -355,7 +268,7 @@ def build_gated_repo(
     token: str = "hf_secret",  # noqa: S107 - a test token the local Hub checks
 ) -> BuiltRepo:
     """A gated repo (only ``token`` may read it) holding a tiny ``BertModel`` at its root, one shard."""
-    folder, meta = _cached_build("bert-s2-n1", lambda d: _build_bert(d, seed=2, shards=1))
+    folder, meta = cached_build("bert-s2-n1", lambda d: _build_bert(d, seed=2, shards=1))
     _ensure_repo(store, repo_id, gated=True, token=token)
     commit, files = _commit_folder(store, repo_id, folder, "", "add model")
     return BuiltRepo(repo_id, commit, "", meta["fingerprint"], files, gated=True, token=token)
@@ -464,7 +377,7 @@ def build_diffusers_pipeline(store: RepoStore, repo_id: str = "tiny/sd-pipe") ->
     plus ``model_index`` (subfolder ``""``, the root ``model_index.json``); the union of their ``files``
     is the whole pipeline.
     """
-    folder, meta = _cached_build("sd-pipe", _build_pipeline)
+    folder, meta = cached_build("sd-pipe", _build_pipeline)
     _ensure_repo(store, repo_id)
     commit, files = _commit_folder(store, repo_id, folder, "", "add pipeline")
     fingerprints: Mapping[str, str] = meta["fingerprints"]

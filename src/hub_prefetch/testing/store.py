@@ -1,4 +1,4 @@
-"""A repo store on disk with real commit history, served by :class:`hub_prefetch.testing.server.LocalHub`.
+"""A repo store on disk with real commit history, served by :class:`~hub_prefetch.testing.LocalHub`.
 
 Layout under ``root``::
 

@@ -15,7 +15,7 @@ from typing import Any
 os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from .repos import tensor_fingerprint, tokenizer_fingerprint
+from .fingerprints import tensor_fingerprint, tokenizer_fingerprint
 
 __all__ = [
     "SENTENCE",

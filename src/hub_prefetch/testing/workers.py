@@ -5,7 +5,9 @@ Each worker is ``python -m hub_prefetch.testing._worker_main`` with the environm
 reports READY, and blocks until :meth:`WorkerPool.go` releases every worker together; then it calls
 ``module:function(**kwargs)`` and reports one JSON result. A worker that crashes, is killed, or outlives
 its deadline still yields a :class:`WorkerResult` (``ok=False``, with its ``returncode``). Every wait is
-bounded; stragglers are killed with their whole process group.
+bounded; stragglers are killed with their whole process group. The entries of
+``HUB_PREFETCH_WORKER_PRELOAD`` and of ``preload=`` are loaded before the target
+(:mod:`hub_prefetch.testing.harness`).
 
     results = run_workers("hub_prefetch.testing.targets:plain_from_pretrained",
                           {"repo_id": "tiny/sharded-bert", "subfolder": "text_encoder"},
@@ -25,56 +27,14 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from .harness import QUIET_ENV, WorkerError, WorkerResult, worker_environ
+
 __all__ = ["QUIET_ENV", "WorkerError", "WorkerPool", "WorkerResult", "run_workers"]
 
-#: Libraries quiet and single-threaded: many workers share two cores, and stderr stays readable.
-QUIET_ENV: dict[str, str] = {
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "HF_HUB_DISABLE_XET": "1",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-    "HF_HUB_DISABLE_IMPLICIT_TOKEN": "1",
-    "TRANSFORMERS_VERBOSITY": "error",
-    "DIFFUSERS_VERBOSITY": "error",
-    "TOKENIZERS_PARALLELISM": "false",
-    "OMP_NUM_THREADS": "1",
-    "MKL_NUM_THREADS": "1",
-    "PYTHONWARNINGS": "ignore",
-}
-
 _STDERR_TAIL = 4000
-
-
-class WorkerError(RuntimeError):
-    """The pool could not get its workers to the starting line (a worker died or stayed silent)."""
-
-
-@dataclass
-class WorkerResult:
-    """Outcome of one worker. Times are ``time.time()`` wall clock (comparable across processes).
-
-    ``error_type`` is the exception class name, or ``"Killed"`` (killed by :meth:`WorkerPool.kill`),
-    ``"Timeout"`` (killed at the deadline), ``"Crashed"`` (exited without reporting).
-    """
-
-    index: int
-    ok: bool
-    value: Any
-    error_type: str | None
-    error: str | None
-    t_start: float
-    t_end: float
-    returncode: int | None
-    pid: int | None = None
-    traceback: str | None = None
-    stderr: str = field(default="", repr=False)
-
-    @property
-    def duration(self) -> float:
-        return self.t_end - self.t_start
 
 
 class _Worker:
@@ -167,14 +127,7 @@ class WorkerPool:
         self._round = 0
         self._kwargs = self._per_worker(kwargs)
         self._preload = list(preload)
-        base = dict(os.environ) if inherit_env else {}
-        for key, value in env.items():
-            if value is None:
-                base.pop(key, None)
-            else:
-                base[key] = value
-        base.setdefault("PYTHONUNBUFFERED", "1")
-        self._env = base
+        self._env = worker_environ(env, inherit=inherit_env)
         self._python = python or sys.executable
         self._cwd = cwd
         self._workers: list[_Worker] = []

@@ -1,4 +1,5 @@
-"""The request log of :class:`~hub_prefetch.testing.server.LocalHub`: one record per Hub request."""
+"""The request log of the local Hub (:class:`~hub_prefetch.testing.hub.client.LocalHub`): one record per
+Hub request."""
 
 from __future__ import annotations
 

@@ -20,8 +20,8 @@ from typing import Any
 
 from huggingface_hub import hf_hub_download
 
-from .. import prefetch
-from ..lock import RepoLock, clear_probe_cache
+from hub_prefetch import prefetch
+from hub_prefetch.lock import RepoLock, clear_probe_cache
 
 __all__ = [
     "FLOCK_MODES",

@@ -4,8 +4,9 @@ huggingface_hub < 1.31 rewrites ``refs/<branch>`` in place: ``open(path, "w")`` 
 ``write`` fills it. A reader between the two sees an empty ref. On a busy node or a network filesystem
 that gap is long; on a quiet 2-core test machine it is microseconds and the race almost never shows.
 This knob widens the gap the way a slow filesystem does, without touching huggingface_hub's code: the
-truncation happens, then the write waits. Enable it in a worker with ``HUB_PREFETCH_TEST_SLOW_REF_WRITES``
-(seconds) in its environment; :mod:`hub_prefetch.testing._worker_main` installs it before any import.
+truncation happens, then the write waits. A worker whose ``HUB_PREFETCH_WORKER_PRELOAD`` names
+``tests.support.slowfs:install_from_env`` installs it before its target when
+``HUB_PREFETCH_TEST_SLOW_REF_WRITES`` (seconds) is set; the tests' ``hf_env`` preloads it for every worker.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import os
 import time
 from typing import Any
 
-__all__ = ["ENV", "install_slow_ref_writes"]
+__all__ = ["ENV", "install_from_env", "install_slow_ref_writes"]
 
 ENV = "HUB_PREFETCH_TEST_SLOW_REF_WRITES"
 _REFS = f"{os.sep}refs{os.sep}"
@@ -51,3 +52,10 @@ def install_slow_ref_writes(delay: float) -> None:
         return handle
 
     builtins.open = slow_open
+
+
+def install_from_env() -> None:
+    """Install the slow writes if ``HUB_PREFETCH_TEST_SLOW_REF_WRITES`` names a delay; else do nothing."""
+    delay = os.environ.get(ENV)
+    if delay:
+        install_slow_ref_writes(float(delay))
