@@ -146,27 +146,31 @@ class _suppress:
         return exc[0] is not None and issubclass(exc[0], ProcessLookupError)  # type: ignore[arg-type]
 
 
-def overlaps(events: list[dict[str, Any]]) -> list[tuple[dict[str, Any], str]]:
-    """Publishes made while another process held the lock (checked after it had acquired, before it
-    released): must be none."""
-    holds: dict[str, list[tuple[float, float]]] = {}
-    start: dict[str, float] = {}
-    last_t = max((e["t"] for e in events), default=0.0)
-    for e in events:
-        if e["event"] == "acquired":
-            start[e["who"]] = e["t"]
-        elif e["event"] in ("released", "lost") and e["who"] in start:
-            holds.setdefault(e["who"], []).append((start.pop(e["who"]), e["t"]))
-    for who, t0 in start.items():
-        holds.setdefault(who, []).append((t0, last_t))
-    bad = []
-    for e in events:
-        if e["event"] != "publish":
-            continue
-        for other, spans in holds.items():
-            if other != e["who"] and any(a < e["before"] and e["t"] < b for a, b in spans):
-                bad.append((e, other))
-    return bad
+def overlaps(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    """Pairs of processes whose publishing windows intersect: must be none.
+
+    A window runs from the first to the last publish of one acquisition (each publish logged only after
+    the fence said yes, stamped with the time just before it asked). A holder frozen while another took
+    over publishes nothing meanwhile, and must publish nothing after it thaws: its window then ends
+    before the next holder's begins.
+    """
+    windows: list[tuple[str, float, float]] = []
+    current: dict[str, list[float]] = {}
+    for e in sorted(events, key=lambda e: e["t"]):
+        who = e["who"]
+        if e["event"] == "publish":
+            span = current.setdefault(who, [e["before"], e["t"]])
+            span[1] = e["t"]
+        elif e["event"] in ("released", "lost") and who in current:
+            a, b = current.pop(who)
+            windows.append((who, a, b))
+    windows += [(who, a, b) for who, (a, b) in current.items()]
+    return [
+        (w1, w2)
+        for i, (w1, a1, b1) in enumerate(windows)
+        for (w2, a2, b2) in windows[i + 1 :]
+        if w1 != w2 and a1 < b2 and a2 < b1
+    ]
 
 
 @pytest.fixture
@@ -217,7 +221,13 @@ def test_same_host_name_on_two_machines_is_never_evicted_while_heartbeating(
 @needs_machines
 def test_a_holder_seen_through_hidepid_as_another_user_is_alive(cluster: Cluster) -> None:
     """``kill(pid, 0)`` says EPERM and ``/proc/<pid>`` is hidden: that is a live process, not a dead one."""
-    os.chmod(cluster.cache, 0o777)
+    # Two users share the cache, as on a multi-user node: everything they both write is open to both.
+    locks = cluster.cache / ".locks" / "hub_prefetch"
+    locks.mkdir(parents=True)
+    for folder in (cluster.cache, locks.parent, locks):
+        folder.chmod(0o777)
+    cluster.events.touch()
+    cluster.events.chmod(0o666)
     stop = cluster.root / "stop-A"
     cluster.start("A", "hold", prefix=cluster.machine("m", uid=65534), stop_file=str(stop))
     cluster.wait_for("A", "acquired")
