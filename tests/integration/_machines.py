@@ -48,6 +48,7 @@ def become_machine(name: str, folder: str | os.PathLike[str]) -> str:
     (written under ``folder``). Returns the boot id."""
     boot_id = str(uuid.uuid5(uuid.NAMESPACE_DNS, f"hub-prefetch-test-machine-{name}"))
     boot_file = Path(folder) / f"boot_id-{name}"
+    boot_file.parent.mkdir(parents=True, exist_ok=True)
     boot_file.write_text(boot_id + "\n")
     libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 

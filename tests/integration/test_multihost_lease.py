@@ -1,8 +1,8 @@
 """Independent processes on several "hosts" sharing one cache folder, without torch.distributed.
 
 A shared filesystem is simulated by one cache folder and the lease lock (``HUB_PREFETCH_LOCK=lease``,
-what ``auto`` picks on NFS and friends); each process claims its own host identity
-(``HUB_PREFETCH_HOST_ID``), so no process can judge another's pid and only heartbeats count. The
+what ``auto`` picks on NFS and friends); each process is its own machine (its own mount namespace and
+boot id, :mod:`_machines`), so no process can judge another's pid and only heartbeats count. The
 processes call :func:`hub_prefetch.distributed.prefetch_distributed`, which without an initialised
 process group is plain :func:`hub_prefetch.prefetch`: the lease alone coordinates them.
 """
@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _machines import REFUSED
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(REFUSED is not None, reason=REFUSED or "")]
 
 SHARDED = "tiny/sharded-bert"
 SUB = "text_encoder"
@@ -33,6 +34,9 @@ TTL = 2.0
 
 def host_load(*, host_id: str, cache_dir: str) -> dict[str, Any]:
     """One "host": prefetch (no process group), then load with local_files_only."""
+    from _machines import become_machine
+
+    become_machine(host_id, Path(cache_dir).parent)
     os.environ["HUB_PREFETCH_HOST_ID"] = host_id
     import transformers
 
@@ -60,8 +64,11 @@ def host_load(*, host_id: str, cache_dir: str) -> dict[str, Any]:
 
 def host_hold(*, host_id: str, cache_dir: str, ready_file: str, hold_s: float) -> dict[str, Any]:
     """Take the repo lease that a prefetch of ``main`` takes, say so in ``ready_file``, hold ``hold_s``."""
+    from _machines import become_machine
+
     from hub_prefetch.lock import RepoLock
 
+    become_machine(host_id, Path(cache_dir).parent)
     lock = RepoLock(cache_dir, SHARDED, revision="main", backend="lease", lease_ttl=TTL, host_id=host_id)
     with lock:
         Path(ready_file).write_text(str(time.time()))

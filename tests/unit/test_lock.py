@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -656,3 +657,90 @@ def test_acquire_unless_leaves_without_the_lock_once_done(tmp_path):
         assert holder.is_held
     assert waiter.acquire_unless(lambda: False, timeout=5) is True
     waiter.release()
+
+
+# -- an interrupted acquire gives back exactly what it took -----------------------------------------
+class _Interrupt:
+    """Raise KeyboardInterrupt on the first call of the wrapped function (Ctrl-C at that step)."""
+
+    def __init__(self, real: Any) -> None:
+        self.real, self.fired = real, False
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if not self.fired:
+            self.fired = True
+            raise KeyboardInterrupt
+        return self.real(*args, **kwargs)
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def _steps() -> dict[str, dict[str, tuple[Any, str]]]:
+    from hub_prefetch.lock import flock, lease
+
+    return {
+        "lease": {
+            "writing-the-record": (lease, "encode_record"),
+            "taking-the-epoch": (lease.Lease, "_next_epoch"),
+            "recording-the-epoch": (lease.Lease, "_rewrite"),
+            "starting-the-heartbeat": (lease.Lease, "_start_heartbeat"),
+            "after-winning": (lease.Lease, "try_acquire"),
+        },
+        "flock": {
+            "the-flock-call": (flock, "try_flock"),
+            "writing-the-record": (flock, "encode_record"),
+            "after-winning": (flock.FlockBackend, "try_acquire"),
+        },
+    }
+
+
+def _patch_step(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, *, after: bool) -> _Interrupt:
+    real = getattr(owner, name)
+    trap = _Interrupt(real)
+    if not after:
+        monkeypatch.setattr(owner, name, trap)
+        return trap
+
+    def won_then_interrupted(*args: Any, **kwargs: Any) -> Any:
+        # The step itself succeeds, then the interrupt lands before its caller sees the result.
+        result = real(*args, **kwargs)
+        if result and not trap.fired:
+            trap.fired = True
+            raise KeyboardInterrupt
+        return result
+
+    monkeypatch.setattr(owner, name, won_then_interrupted)
+    return trap
+
+
+@pytest.mark.parametrize(
+    ("backend", "step"),
+    [(backend, step) for backend, steps in _steps().items() for step in steps],
+)
+def test_ctrl_c_at_each_step_of_acquire_leaks_no_gate_no_lease_no_descriptor(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str, step: str
+) -> None:
+    from hub_prefetch.lock.lease import held_lease
+
+    lock = RepoLock(tmp_path, "org/m", backend=backend, lease_ttl=30)  # type: ignore[arg-type]
+    assert lock.backend == backend
+    fds = _open_fds()
+    owner, name = _steps()[backend][step]
+    trap = _patch_step(monkeypatch, owner, name, after=step == "after-winning")
+    with pytest.raises(KeyboardInterrupt):
+        lock.acquire(timeout=5)
+    assert trap.fired and not lock.is_held
+    monkeypatch.undo()
+    assert _open_fds() == fds, "a descriptor leaked"
+    assert not lock.lease_path.exists(), "an orphan lease was left behind"
+    assert held_lease(lock.lease_path) is None, "a heartbeat still runs for a lease nobody holds"
+    # The in-process gate is free and the lock itself can be taken at once, from another thread too.
+    got: list[bool] = []
+    other = RepoLock(tmp_path, "org/m", backend=backend, lease_ttl=30)  # type: ignore[arg-type]
+    thread = threading.Thread(target=lambda: got.append(bool(other.acquire(timeout=2))))
+    thread.start()
+    thread.join(10)
+    assert got == [True]
+    other.release()

@@ -269,7 +269,6 @@ class RepoLock:
         delay = 0.0005
         gate_held = False
         hold: Backend | None = None
-        won = False
         logged = False
         try:
             while True:
@@ -281,7 +280,6 @@ class RepoLock:
                     if gate_held:
                         hold = self._new_hold(backend)
                 if hold is not None and hold.try_acquire():
-                    won = True
                     break
                 now = clock.monotonic()
                 if deadline is not None and now >= deadline:
@@ -308,7 +306,7 @@ class RepoLock:
                 self._depth -= 1
                 slot.owner, slot.depth, slot.hold = None, 0, None
             if hold is not None:
-                if won:
+                if hold.held:  # won, even if the interrupt came before try_acquire could return
                     hold.release()
                 else:
                     hold.close()

@@ -23,6 +23,8 @@ class Backend(Protocol):
     """One contender's hold on one lock file, for one acquisition."""
 
     path: Path
+    held: bool
+    """True from a won ``try_acquire`` until ``release`` or ``close``."""
 
     def try_acquire(self) -> bool:
         """One non-blocking attempt: True when this contender now holds the lock."""

@@ -81,6 +81,8 @@ class FlockBackend:
         self.record = record
         self.me = me
         self.clock = clock
+        #: True from a won attempt until release/close: what an interrupted acquire must give back.
+        self.held = False
         self._open()
 
     def _open(self) -> None:
@@ -133,6 +135,7 @@ class FlockBackend:
             self.close()
             self._open()
             return False
+        self.held = True
         now = self.clock.time()
         self.record = replace(self.record, acquired_at=now, heartbeat_at=now)
         self._write(encode_record(self.record))
@@ -162,6 +165,7 @@ class FlockBackend:
 
     def release(self) -> None:
         """Mark the record free, unlock and close."""
+        self.held = False
         try:
             self._write(encode_record(self.record, state="free"))
             unlock(self.fd)
@@ -172,6 +176,7 @@ class FlockBackend:
         """Close the descriptor without unlocking: a failed attempt, or a forked child's copy (closing
         it leaves the parent's lock intact; LOCK_UN would drop it). Idempotent: a descriptor number is
         closed once, never again after another thread may have reused it."""
+        self.held = False
         fd, self.fd = self.fd, -1
         if fd >= 0:
             with contextlib.suppress(OSError):

@@ -90,6 +90,8 @@ class Lease:
         self.epoch = 0
         self._markers_seen: dict[str, float] = {}
         self.interval = max(ttl / 3.0, 0.01)
+        #: True from a won attempt until release/close: what an interrupted acquire must give back.
+        self.held = False
         self._active = False
         self._write_lock = threading.Lock()
 
@@ -147,9 +149,15 @@ class Lease:
             self.epoch = self._next_epoch()
             self.record = replace(self.record, epoch=self.epoch)
             self._rewrite()
+            self._seen = None
+            self.lost = False
+            self._start_heartbeat()
+            self.held = True
         except BaseException as exc:
             # Whatever stopped us (a full disk, Ctrl-C) between creating the file and holding it: the
             # file is ours and nobody will ever refresh it, so it goes now, not after a TTL.
+            _heartbeats.remove(self)
+            self._active = False
             if fd >= 0:
                 os.close(fd)
             self._remove_own()
@@ -159,9 +167,6 @@ class Lease:
                     f"cannot write lease {self.path}: {exc.strerror or exc}", path=str(self.path)
                 ) from exc
             raise
-        self._seen = None
-        self.lost = False
-        self._start_heartbeat()
         return True
 
     def _next_epoch(self) -> int:
@@ -340,6 +345,7 @@ class Lease:
 
     def release(self) -> None:
         """Stop the heartbeat and delete the lease if it is still ours (else note that it was lost)."""
+        self.held = False
         _heartbeats.remove(self)
         with self._write_lock:
             self._active = False
@@ -360,6 +366,7 @@ class Lease:
     def close(self) -> None:
         """Drop this contender without touching the file: a failed attempt, or after fork in the child
         (the parent's lease is not ours to refresh or delete)."""
+        self.held = False
         _heartbeats.remove(self)
         self._active = False
         self._ino = None
