@@ -52,7 +52,7 @@ from typing import Any, Literal, Protocol
 from ..cache import ensure_dir, key_hash, lock_dir
 from ..errors import InvalidRequestError, LockTimeout
 from ..settings import LockBackendName, Settings
-from . import flock, lease
+from . import flock, gate, lease
 from .backend import Backend
 from .clock import SYSTEM_CLOCK, Clock
 from .identity import HolderInfo, HostIdentity, own_start_time
@@ -82,42 +82,6 @@ class _Until:
 
     def is_set(self) -> bool:
         return self._done()
-
-
-# -- the in-process registry ------------------------------------------------------------------------
-class _Slot:
-    """Per process and lock file: the gate threads queue on, and who holds it how deeply."""
-
-    def __init__(self) -> None:
-        self.gate = threading.Lock()
-        self.owner: object = None
-        self.depth = 0
-        self.hold: Backend | None = None
-
-
-_slots: dict[str, _Slot] = {}
-_slots_lock = threading.Lock()
-
-
-def _slot(key: str) -> _Slot:
-    slot = _slots.get(key)
-    if slot is None:
-        with _slots_lock:
-            slot = _slots.setdefault(key, _Slot())
-    return slot
-
-
-def _after_fork_in_child() -> None:
-    global _slots, _slots_lock  # noqa: PLW0603 - the child must not inherit the parent's holds
-    for slot in _slots.values():
-        if slot.hold is not None:
-            slot.hold.close()  # the parent's hold: neither refreshed nor released here
-    _slots = {}
-    _slots_lock = threading.Lock()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # -- the public lock --------------------------------------------------------------------------------
@@ -256,7 +220,7 @@ class RepoLock:
             self._depth, self._pid = 0, os.getpid()  # inherited across fork: nothing is ours
         timeout = self.timeout if timeout is None else timeout
         backend = self.backend
-        slot = _slot(self._slot_key)
+        slot = gate.slot(self._slot_key)
         if slot.owner == owner and slot.depth > 0:
             slot.depth += 1
             self._depth += 1
@@ -364,13 +328,13 @@ class RepoLock:
         """
         if not self.is_held:
             return False
-        hold = _slot(self._slot_key).hold
+        hold = gate.slot(self._slot_key).hold
         return hold is not None and hold.still_held()
 
     @property
     def epoch(self) -> int:
         """The acquisition number of the held lease (grows with every acquisition); 0 for ``flock``."""
-        hold = _slot(self._slot_key).hold if self.is_held else None
+        hold = gate.slot(self._slot_key).hold if self.is_held else None
         return int(getattr(hold, "epoch", 0))
 
     def release(self) -> None:
@@ -380,7 +344,7 @@ class RepoLock:
             return
         if self._depth <= 0:
             raise RuntimeError(f"{self!r} is not held by this object")
-        slot = _slot(self._slot_key)
+        slot = gate.slot(self._slot_key)
         self._depth -= 1
         slot.depth -= 1
         if slot.depth > 0:
@@ -404,7 +368,7 @@ class RepoLock:
         owner = ("task", id(asyncio.current_task()))
         if self._probe is None:
             await asyncio.to_thread(lambda: self.probe)  # the first probe touches the disk
-        slot = _slot(self._slot_key)
+        slot = gate.slot(self._slot_key)
         if slot.owner == owner and slot.depth > 0:
             self._acquire(None, owner, None)
             return self

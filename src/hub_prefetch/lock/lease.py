@@ -33,12 +33,12 @@ import os
 import re
 import secrets
 import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 
 from ..cache import SHARED_FILE_MODE, key_hash
 from ..errors import CacheWriteError
+from . import heartbeat
 from .clock import SYSTEM_CLOCK, Clock
 from .identity import (
     NOFOLLOW,
@@ -156,7 +156,7 @@ class Lease:
         except BaseException as exc:
             # Whatever stopped us (a full disk, Ctrl-C) between creating the file and holding it: the
             # file is ours and nobody will ever refresh it, so it goes now, not after a TTL.
-            _heartbeats.remove(self)
+            heartbeat.remove(self)
             self._active = False
             if fd >= 0:
                 os.close(fd)
@@ -275,7 +275,7 @@ class Lease:
     # -- holding -----------------------------------------------------------------------------------
     def _start_heartbeat(self) -> None:
         self._active = True
-        _heartbeats.add(self)
+        heartbeat.add(self)
 
     def beat(self) -> None:
         """One heartbeat (called by the process's heartbeat thread)."""
@@ -286,7 +286,7 @@ class Lease:
             return
         if not ours:
             self.lost = True
-            _heartbeats.remove(self)
+            heartbeat.remove(self)
             logger.error("lost the lease %s: another process replaced it", self.path)
 
     def _is_ours(self, fd: int) -> bool:
@@ -346,7 +346,7 @@ class Lease:
     def release(self) -> None:
         """Stop the heartbeat and delete the lease if it is still ours (else note that it was lost)."""
         self.held = False
-        _heartbeats.remove(self)
+        heartbeat.remove(self)
         with self._write_lock:
             self._active = False
             ours = False
@@ -367,64 +367,15 @@ class Lease:
         """Drop this contender without touching the file: a failed attempt, or after fork in the child
         (the parent's lease is not ours to refresh or delete)."""
         self.held = False
-        _heartbeats.remove(self)
+        heartbeat.remove(self)
         self._active = False
         self._ino = None
 
 
-class _Heartbeats:
-    """One daemon thread per process refreshes every held lease when it falls due.
-
-    A thread per lease cost more than the rest of an acquisition together.
-    """
-
-    def __init__(self) -> None:
-        self.cond = threading.Condition(threading.Lock())
-        self.due: dict[Lease, float] = {}
-        self.thread: threading.Thread | None = None
-        self.wake_at = float("inf")  # when the thread will look again without being notified
-
-    def add(self, lease: Lease) -> None:
-        with self.cond:
-            due = self.due[lease] = time.monotonic() + lease.interval
-            if self.thread is None:
-                self.thread = threading.Thread(target=self._run, name="hub-prefetch-heartbeat", daemon=True)
-                self.thread.start()
-            if due < self.wake_at:  # waking the thread on every acquire cost more than the acquire
-                self.cond.notify()
-
-    def remove(self, lease: Lease) -> None:
-        with self.cond:
-            self.due.pop(lease, None)
-
-    def find(self, path: Path) -> Lease | None:
-        with self.cond:
-            return next((lease for lease in self.due if lease.path == path), None)
-
-    def _run(self) -> None:
-        while True:
-            with self.cond:
-                while True:
-                    if not self.due:
-                        self.wake_at = float("inf")
-                        self.cond.wait()
-                        continue
-                    lease, when = min(self.due.items(), key=lambda item: item[1])
-                    now = time.monotonic()
-                    if when <= now:
-                        self.due[lease] = now + lease.interval
-                        break
-                    self.wake_at = when
-                    self.cond.wait(when - now)
-            lease.beat()  # outside the lock: a slow filesystem must not block add/remove
-
-
-_heartbeats = _Heartbeats()
-
-
 def held_lease(path: Path) -> Lease | None:
     """The lease on ``path`` that this process holds and keeps refreshing, if any (tests, diagnostics)."""
-    return _heartbeats.find(path)
+    found = heartbeat.find(path)
+    return found if isinstance(found, Lease) else None
 
 
 def pause_heartbeat(lease: Lease) -> None:
@@ -432,13 +383,4 @@ def pause_heartbeat(lease: Lease) -> None:
 
     For tests, with :func:`held_lease`: the heartbeat registry's business, not a method of the lock.
     """
-    _heartbeats.remove(lease)
-
-
-def _reset_after_fork() -> None:
-    global _heartbeats  # noqa: PLW0603 - the parent's thread does not exist in the child
-    _heartbeats = _Heartbeats()
-
-
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_reset_after_fork)
+    heartbeat.remove(lease)
