@@ -32,6 +32,7 @@ __all__ = [
     "encode_record",
     "own_start_time",
     "pid_state",
+    "process_dead_reason",
     "process_start_time",
     "read_nofollow",
     "same_machine",
@@ -149,25 +150,50 @@ def same_machine(holder: HolderInfo, me: HostIdentity) -> bool:
     (``pid:[4026531836]``) on every Linux machine. Only the boot id tells machines (and boots) apart;
     a holder without one, or seen from a process without one, is remote.
     """
-    return bool(holder.boot_id and me.boot_id and holder.boot_id == me.boot_id and holder.pidns == me.pidns)
+    return _comparable(holder.boot_id, holder.pidns, me)
+
+
+def _comparable(boot_id: str | None, pidns: str | None, me: HostIdentity) -> bool:
+    return bool(boot_id and me.boot_id and boot_id == me.boot_id and pidns == me.pidns)
+
+
+def process_dead_reason(
+    *,
+    pid: int,
+    start_time: int | None,
+    boot_id: str | None,
+    pidns: str | None,
+    me: HostIdentity,
+    label: str,
+) -> str | None:
+    """Why the process ``pid`` (started at ``start_time``, on the machine of ``boot_id``/``pidns``) is
+    certainly dead, judged from this machine; None if alive or not ours to judge.
+
+    A process on another machine (or another boot of this one, or one we cannot compare) is never
+    judged here: only its heartbeat going silent for its TTL can tell.
+    """
+    if not _comparable(boot_id, pidns, me) or pid == os.getpid():
+        return None
+    state = pid_state(pid)
+    if state != "alive":
+        return f"{label} is {'a zombie' if state == 'zombie' else 'gone'}"
+    if start_time is not None:
+        now = process_start_time(pid)
+        if now is not None and now != start_time:
+            return f"{label}: its pid {pid} was reused by another process"
+    return None
 
 
 def dead_reason(holder: HolderInfo, me: HostIdentity) -> str | None:
-    """Why ``holder`` is certainly dead, judged from this machine; None if alive or not ours to judge.
-
-    A holder on another machine (or another boot of this one, or one we cannot compare) is never
-    judged here: only its heartbeat going silent for its TTL can tell.
-    """
-    if not same_machine(holder, me) or holder.pid == os.getpid():
-        return None
-    state = pid_state(holder.pid)
-    if state != "alive":
-        return f"holder {holder.describe()} is {'a zombie' if state == 'zombie' else 'gone'}"
-    if holder.start_time is not None:
-        now = process_start_time(holder.pid)
-        if now is not None and now != holder.start_time:
-            return f"holder pid {holder.pid} was reused by another process"
-    return None
+    """Why lock holder ``holder`` is certainly dead, judged here (:func:`process_dead_reason`)."""
+    return process_dead_reason(
+        pid=holder.pid,
+        start_time=holder.start_time,
+        boot_id=holder.boot_id,
+        pidns=holder.pidns,
+        me=me,
+        label=f"holder {holder.describe()}",
+    )
 
 
 def encode_record(holder: HolderInfo, **extra: Any) -> bytes:

@@ -33,17 +33,15 @@ import json
 import logging
 import os
 import secrets
-import shutil
-import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from . import cache, errors
-from .lock import HolderInfo, HostIdentity, dead_reason, process_start_time
-from .prefetch import (
+from .. import cache, errors
+from ..lock import HostIdentity
+from ..prefetch import (
     PrefetchResult,
     Request,
     fetch_listing,
@@ -52,177 +50,16 @@ from .prefetch import (
     record_revision,
     try_warm,
 )
-from .prefetch import run as run_request
-from .settings import Settings
+from ..prefetch import run as run_request
+from ..settings import Settings
+from .beacon import FORMAT, Beacon, leader_dead
+from .domains import CacheScope, RankInfo, collect_garbage, plan_domains, probe_dir
 
-__all__ = ["CacheScope", "DomainPlan", "plan_domains", "prefetch_distributed"]
+__all__ = ["prefetch_distributed"]
 
 logger = logging.getLogger("hub_prefetch.distributed")
 
-CacheScope = Literal["auto", "node", "shared"]
-
-_FORMAT = 1
-_GC_AGE_S = 24 * 3600.0
 _DIST_PREFIX = "dist-"
-
-
-# ---------------------------------------------------------------- cache domains
-
-
-@dataclass(frozen=True)
-class RankInfo:
-    """What one rank tells the others in the first exchange."""
-
-    rank: int
-    host: str
-    cache_realpath: str
-    token: str
-    error: dict[str, Any] | None = None
-
-
-@dataclass(frozen=True)
-class DomainPlan:
-    """Ranks grouped by the cache they share; ``leader`` of each domain is its lowest rank."""
-
-    domains: tuple[tuple[int, ...], ...]
-
-    def domain_of(self, rank: int) -> tuple[int, ...]:
-        for domain in self.domains:
-            if rank in domain:
-                return domain
-        raise KeyError(rank)
-
-    def leader_of(self, rank: int) -> int:
-        return self.domain_of(rank)[0]
-
-
-def plan_domains(
-    infos: Sequence[RankInfo], seen: Sequence[Sequence[str]], scope: CacheScope = "auto"
-) -> DomainPlan:
-    """Group ranks into cache domains, the same way on every rank (a pure function of gathered facts).
-
-    ``seen[i]`` lists the probe tokens rank ``i`` found in its own cache folder. ``auto``: two ranks
-    share a domain when either sees the other's probe, or they run on one host with one cache path.
-    ``node``: one domain per (host, cache path). ``shared``: one domain in all.
-    """
-    ranks = [info.rank for info in infos]
-    if scope == "shared":
-        return DomainPlan((tuple(sorted(ranks)),))
-    parent = {r: r for r in ranks}
-
-    def find(r: int) -> int:
-        while parent[r] != r:
-            parent[r] = parent[parent[r]]
-            r = parent[r]
-        return r
-
-    def union(a: int, b: int) -> None:
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-
-    by_place: dict[tuple[str, str], int] = {}
-    for info in infos:
-        place = (info.host, info.cache_realpath)
-        if place in by_place:
-            union(by_place[place], info.rank)
-        else:
-            by_place[place] = info.rank
-    if scope == "auto":
-        owner = {info.token: info.rank for info in infos}
-        for info, tokens in zip(infos, seen, strict=True):
-            for token in tokens:
-                if token in owner:
-                    union(info.rank, owner[token])
-    groups: dict[int, list[int]] = {}
-    for r in ranks:
-        groups.setdefault(find(r), []).append(r)
-    return DomainPlan(tuple(sorted(tuple(sorted(g)) for g in groups.values())))
-
-
-def _probe_dir(cache_dir: Path) -> Path:
-    return cache.lock_dir(cache_dir) / "probes"
-
-
-def _collect_garbage(folder: Path, prefix: str) -> None:
-    """Drop leftovers of crashed runs (probes, run folders) older than a day; never fails the call."""
-    now = time.time()
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(folder):
-            if not entry.name.startswith(prefix):
-                continue
-            with contextlib.suppress(OSError):
-                if now - entry.stat(follow_symlinks=False).st_mtime > _GC_AGE_S:
-                    if entry.is_dir(follow_symlinks=False):
-                        shutil.rmtree(entry.path, ignore_errors=True)
-                    else:
-                        os.unlink(entry.path)
-
-
-# ---------------------------------------------------------------- the leader's heartbeat
-
-
-class _Beacon:
-    """The leader's heartbeat: a small JSON file rewritten every ``interval`` seconds by a daemon thread."""
-
-    def __init__(self, path: Path, rank: int, me: HostIdentity, interval: float) -> None:
-        self.path = path
-        self.interval = interval
-        self.record: dict[str, Any] = {
-            "version": _FORMAT,
-            "rank": rank,
-            "host": me.host,
-            "boot_id": me.boot_id,
-            "pidns": me.pidns,
-            "pid": os.getpid(),
-            "start_time": process_start_time(os.getpid()),
-            "seq": 0,
-        }
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="hub-prefetch-leader-beacon", daemon=True)
-
-    def start(self) -> None:
-        self._beat()
-        self._thread.start()
-
-    def _beat(self) -> None:
-        self.record["seq"] += 1
-        self.record["beat_at"] = time.time()
-        cache.atomic_write_json(self.path, self.record)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval):
-            try:
-                self._beat()
-            except errors.CacheWriteError as exc:
-                logger.warning("could not refresh %s: %s", self.path, exc)
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread.ident is not None:
-            self._thread.join()
-
-
-def _leader_dead(raw: dict[str, Any], me: HostIdentity) -> str | None:
-    """Why the leader that wrote beacon ``raw`` is certainly dead, judged from this host; else None."""
-    try:
-        holder = HolderInfo(
-            host=str(raw["host"]),
-            pid=int(raw["pid"]),
-            start_time=raw.get("start_time"),
-            token="",
-            acquired_at=0.0,
-            heartbeat_at=float(raw.get("beat_at", 0.0)),
-            backend="beacon",
-            boot_id=raw.get("boot_id"),
-            pidns=raw.get("pidns"),
-        )
-    except (KeyError, TypeError, ValueError):
-        return None
-    return dead_reason(holder, me)
-
-
-# ---------------------------------------------------------------- the flow
 
 
 @dataclass(frozen=True)
@@ -281,10 +118,10 @@ def _download(run: _Run) -> PrefetchResult:
 
 
 def _lead(run: _Run, beat_interval: float) -> PrefetchResult:
-    _collect_garbage(run.folder.parent, _DIST_PREFIX)
-    _collect_garbage(_probe_dir(run.req.settings.cache_dir), "")
-    beacon = _Beacon(run.beacon_path, run.rank, run.me, beat_interval)
-    outcome: dict[str, Any] = {"version": _FORMAT, "leader": run.rank}
+    collect_garbage(run.folder.parent, _DIST_PREFIX)
+    collect_garbage(probe_dir(run.req.settings.cache_dir), "")
+    beacon = Beacon(run.beacon_path, run.rank, run.me, beat_interval)
+    outcome: dict[str, Any] = {"version": FORMAT, "leader": run.rank}
     try:
         beacon.start()
         result = _download(run)
@@ -323,7 +160,7 @@ def _follow(run: _Run, *, stale_after: float, poll: float) -> PrefetchResult:
     last_change = start
     takeover_reason = ""
     while True:
-        outcome = cache.read_json(run.outcome_path, version=_FORMAT)
+        outcome = cache.read_json(run.outcome_path, version=FORMAT)
         if outcome is not None:
             break
         now = time.monotonic()
@@ -334,7 +171,7 @@ def _follow(run: _Run, *, stale_after: float, poll: float) -> PrefetchResult:
         if raw:
             with contextlib.suppress(ValueError):
                 beacon = json.loads(raw)
-        reason = _leader_dead(beacon, run.me) if isinstance(beacon, dict) else None
+        reason = leader_dead(beacon, run.me) if isinstance(beacon, dict) else None
         if reason is None and now - last_change >= stale_after:
             what = "heartbeat" if raw else "first heartbeat"
             reason = f"its {what} stayed silent for {now - last_change:.1f} s"
@@ -470,7 +307,7 @@ def prefetch_distributed(
             lock_timeout=lock_timeout,
         )
         realpath = os.path.realpath(req.settings.cache_dir)
-        cache.atomic_write_bytes(_probe_dir(req.settings.cache_dir) / token_, b"")
+        cache.atomic_write_bytes(probe_dir(req.settings.cache_dir) / token_, b"")
     except Exception as exc:  # noqa: BLE001 - every rank raises it after the exchange
         own = exc
     me = HostIdentity.local(req.settings.host_id if req is not None else None)
@@ -482,7 +319,7 @@ def prefetch_distributed(
     commit: str | None = None
     offline = bool(local_files_only) or (req is not None and req.settings.offline)
     if first_error is None and req is not None:
-        folder = _probe_dir(req.settings.cache_dir)
+        folder = probe_dir(req.settings.cache_dir)
         seen = [i.token for i in infos if os.path.lexists(folder / i.token)]
         if rank == 0:
             try:
@@ -494,7 +331,7 @@ def prefetch_distributed(
     )
     if req is not None:
         with contextlib.suppress(OSError):
-            (_probe_dir(req.settings.cache_dir) / token_).unlink()
+            (probe_dir(req.settings.cache_dir) / token_).unlink()
     if own is not None and (first_error is None or first_error.rank == rank):
         raise own  # the same error the other ranks raise below, with its own traceback
     if first_error is not None:

@@ -1,0 +1,15 @@
+"""``torch.distributed`` jobs: one download per cache domain, one commit and one typed error for all.
+
+* :mod:`.flow` — :func:`prefetch_distributed` (the protocol is in its docstring);
+* :mod:`.domains` — which ranks share a cache (:func:`plan_domains`);
+* :mod:`.beacon` — the leader's heartbeat file, and when a follower takes over.
+
+``torch`` is an optional dependency: it is imported only when :func:`prefetch_distributed` runs.
+"""
+
+from __future__ import annotations
+
+from .domains import CacheScope, DomainPlan, RankInfo, plan_domains
+from .flow import prefetch_distributed
+
+__all__ = ["CacheScope", "DomainPlan", "RankInfo", "plan_domains", "prefetch_distributed"]
