@@ -68,8 +68,8 @@ def load_time(results: dict[str, Any], stack: str) -> float | None:
         for c in results["cells"]
         if c["stack"] == stack and c["n"] == 1 and c["cache"] == "warm" and c["ok"] == 1
     ]
-    times = [t for t in times if t]
-    return min(times) if times else None
+    known = [float(t) for t in times if t]
+    return min(known) if known else None
 
 
 def enrich(results: dict[str, Any]) -> None:
@@ -375,7 +375,7 @@ def draw_plots(results: dict[str, Any], out: Path) -> list[Path]:
     caches = [ch for ch in ("cold", "warm") if any(c["cache"] == ch for c in cells)]
     styles = {"new": "-", "old": "--"}
     colors = {"plain": "tab:red", "reference": "tab:orange", "hub-prefetch": "tab:green"}
-    written = []
+    written: list[Path] = []
     if not cells:
         return written
 

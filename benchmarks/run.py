@@ -81,11 +81,11 @@ def _default_python(stack: str) -> str:
 
 def parse_args(argv: list[str] | None = None) -> Config:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.split("\n")[0])
-    mode = p.add_mutually_exclusive_group()
-    mode.add_argument(
+    group = p.add_mutually_exclusive_group()
+    group.add_argument(
         "--quick", action="store_const", dest="mode", const="quick", help="laptop run (default)"
     )
-    mode.add_argument(
+    group.add_argument(
         "--full", action="store_const", dest="mode", const="full", help="every axis, 64 workers"
     )
     p.add_argument("--workers", help="comma-separated worker counts (default: quick 1,8,32; full 1,8,32,64)")
@@ -274,9 +274,9 @@ def _plan(cfg: Config) -> list[tuple[str, ...]]:
                     cells.append((stack, locks, str(n), approach))
     order = {s: i for i, s in enumerate(cfg.stacks)}
     cells.sort(key=lambda c: (int(c[2]), order[c[0]], cfg.locks.index(c[1]), cfg.approaches.index(c[3])))
-    small = [("cell", *c) for c in cells if int(c[2]) <= 8]
-    large = [("cell", *c) for c in cells if int(c[2]) > 8]
-    micro = [("micro", stack) for stack in cfg.stacks] if cfg.micro else []
+    small: list[tuple[str, ...]] = [("cell", *c) for c in cells if int(c[2]) <= 8]
+    large: list[tuple[str, ...]] = [("cell", *c) for c in cells if int(c[2]) > 8]
+    micro: list[tuple[str, ...]] = [("micro", stack) for stack in cfg.stacks] if cfg.micro else []
     return small + micro + large
 
 

@@ -43,12 +43,12 @@ def flock_as(mode: str, *, fs: tuple[str, bool] | None = None) -> Iterator[None]
 
     fcntl.flock = fake
     if fs is not None:
-        probe.filesystem_type = lambda path: fs  # type: ignore[assignment]
+        probe.filesystem_type = lambda path: fs
     clear_probe_cache()
     try:
         yield
     finally:
-        fcntl.flock, probe.filesystem_type = real, real_type  # type: ignore[assignment]
+        fcntl.flock, probe.filesystem_type = real, real_type
         clear_probe_cache()
 
 

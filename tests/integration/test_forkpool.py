@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from typing import Any
 
 import pytest
 
@@ -36,7 +37,7 @@ def test_rounds_fork_fresh_workers_released_together() -> None:
 
 
 def test_errors_kills_and_timeouts_become_results() -> None:
-    kwargs = [{"s": "{"}, sleeping(60), sleeping(0)]
+    kwargs: list[dict[str, Any]] = [{"s": "{"}, sleeping(60), sleeping(0)]
     with ForkedWorkers("json:loads", kwargs[:1], n=1, env={}, timeout=60) as pool:
         pool.go()
         (bad,) = pool.results()

@@ -6,6 +6,7 @@ Timing assertions are lower bounds only (a throttle or a delay can only make thi
 
 from __future__ import annotations
 
+import functools
 import http.client
 import threading
 import time
@@ -241,7 +242,7 @@ def test_hold_forces_an_interleaving(hub: LocalHub, weights: bytes, tmp_path: Pa
 
 def test_hold_by_method_and_arrival_timeout(hub: LocalHub, tmp_path: Path) -> None:
     hold = hub.hold(GLOB, method="HEAD", count=2)
-    jobs = [Background(lambda i=i: download(hub, tmp_path / str(i))) for i in range(2)]
+    jobs = [Background(functools.partial(download, hub, tmp_path / str(i))) for i in range(2)]
     hold.wait_arrived(2, timeout=20)
     assert hub.counts()["get"] == 0  # nobody got past the HEAD
     hold.release()
@@ -291,7 +292,7 @@ def test_shared_bandwidth_is_one_link(hub: LocalHub, weights: bytes, tmp_path: P
     rate = 4_000_000.0
     hub.set_bandwidth(rate, shared=True)
     hold = hub.hold(GLOB, count=2)  # both bodies start together
-    jobs = [Background(lambda i=i: download(hub, tmp_path / str(i))) for i in range(2)]
+    jobs = [Background(functools.partial(download, hub, tmp_path / str(i))) for i in range(2)]
     hold.wait_arrived(2)
     t0 = time.monotonic()
     hold.release()

@@ -125,7 +125,7 @@ class Cluster:
             except subprocess.TimeoutExpired:
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
-                raise AssertionError(f"process {proc.args[-1][:80]} outlived {timeout} s") from None
+                raise AssertionError(f"process {proc.pid} outlived {timeout} s") from None
             err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
             assert proc.returncode == 0, err[-3000:]
 

@@ -324,7 +324,9 @@ def test_revision_record_is_renewed_only_by_a_real_hub_answer(local_hub, warm, h
     from hub_prefetch.cache import listing_path, read_json, revision_record_path
 
     record = revision_record_path(hf_cache, "model", SHARDED, "main")
-    resolved_at = read_json(record)["resolved_at"]
+    before = read_json(record)
+    assert before is not None
+    resolved_at = before["resolved_at"]
     # A new selection and a repair under a fresh record: neither asks the Hub about `main`...
     listing_path(hf_cache, "model", SHARDED, warm.commit).unlink()
     hub_prefetch.prefetch(SHARDED, ["tokenizer"], cache_dir=hf_cache)
@@ -332,4 +334,5 @@ def test_revision_record_is_renewed_only_by_a_real_hub_answer(local_hub, warm, h
     assert local_hub.counts()["revision"] == 1  # the missing listing, fetched by commit
     assert [r.revision for r in local_hub.requests() if r.kind == "revision"] == [warm.commit]
     # ... so neither may pretend it did: a branch that moved is still noticed when the record expires.
-    assert read_json(record)["resolved_at"] == resolved_at
+    after = read_json(record)
+    assert after is not None and after["resolved_at"] == resolved_at

@@ -38,9 +38,9 @@ from hub_prefetch.lock import (
 )
 from hub_prefetch.lock import probe as fsprobe
 from hub_prefetch.lock.identity import encode_record
-from hub_prefetch.settings import Settings
+from hub_prefetch.settings import LockBackendName, Settings
 
-BACKENDS = ["flock", "lease"]
+BACKENDS: list[LockBackendName] = ["flock", "lease"]
 
 
 class FakeClock:
@@ -269,7 +269,7 @@ def test_filesystem_type_of_a_real_folder_is_read() -> None:
 # -- threads and re-entry ----------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shared_instance", [True, False])
-def test_threads_exclude_each_other(tmp_path: Path, backend: str, shared_instance: bool) -> None:
+def test_threads_exclude_each_other(tmp_path: Path, backend: LockBackendName, shared_instance: bool) -> None:
     shared = RepoLock(tmp_path, "org/m", backend=backend)
     inside = 0
     overlaps = 0
@@ -300,7 +300,7 @@ def test_threads_exclude_each_other(tmp_path: Path, backend: str, shared_instanc
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_same_thread_reentry_is_counted(tmp_path: Path, backend: str) -> None:
+def test_same_thread_reentry_is_counted(tmp_path: Path, backend: LockBackendName) -> None:
     outer = RepoLock(tmp_path, "org/m", backend=backend)
     other = RepoLock(tmp_path, "org/m", backend=backend)
     probe = RepoLock(tmp_path, "org/m", backend=backend)
@@ -334,7 +334,9 @@ def test_same_thread_reentry_is_counted(tmp_path: Path, backend: str) -> None:
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_reentry_sees_through_different_spellings_of_the_cache(tmp_path: Path, backend: str) -> None:
+def test_reentry_sees_through_different_spellings_of_the_cache(
+    tmp_path: Path, backend: LockBackendName
+) -> None:
     (tmp_path / "real").mkdir()
     (tmp_path / "alias").symlink_to(tmp_path / "real")
     outer = RepoLock(tmp_path / "real", "org/m", backend=backend, timeout=2)
@@ -344,7 +346,7 @@ def test_reentry_sees_through_different_spellings_of_the_cache(tmp_path: Path, b
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_timeout_is_typed_picklable_and_names_the_holder(tmp_path: Path, backend: str) -> None:
+def test_timeout_is_typed_picklable_and_names_the_holder(tmp_path: Path, backend: LockBackendName) -> None:
     clock = FakeClock()
     holder = RepoLock(tmp_path, "org/m", revision="v2", backend=backend, clock=clock)
     t, go = _hold_in_thread(holder)
@@ -359,6 +361,7 @@ def test_timeout_is_typed_picklable_and_names_the_holder(tmp_path: Path, backend
     err = info.value
     assert isinstance(err, TimeoutError)
     assert err.lock_path == str(holder.file)
+    assert err.holder is not None and err.waited_s is not None
     assert err.holder["pid"] == os.getpid() and err.holder["backend"] == backend
     assert err.waited_s >= 0.3
     clone = pickle.loads(pickle.dumps(err))
@@ -421,7 +424,7 @@ def test_silent_lease_of_another_host_is_taken_over_after_its_ttl_not_before(tmp
     _plant_foreign_lease(waiter, ttl=30.0)
     with pytest.raises(LockTimeout) as info:
         waiter.acquire(timeout=29.0)
-    assert info.value.holder["host"] == "node-b"
+    assert info.value.holder is not None and info.value.holder["host"] == "node-b"
     start = clock.elapsed()
     with waiter:  # a fresh wait: the file must stay unchanged for the TTL the holder recorded
         assert waiter.holder().pid == os.getpid()  # type: ignore[union-attr]
@@ -436,7 +439,8 @@ def test_heartbeating_lease_of_another_host_is_never_taken_over(tmp_path: Path) 
         clock.at(10.0 * beat, functools.partial(_plant_foreign_lease, waiter, ttl=30.0, seq=beat))
     with pytest.raises(LockTimeout) as info:
         waiter.acquire(timeout=100.0)  # over three TTLs
-    assert info.value.holder["host"] == "node-b" and waiter.holder().seq == 9  # type: ignore[union-attr]
+    assert info.value.holder is not None and info.value.holder["host"] == "node-b"
+    assert waiter.holder().seq == 9  # type: ignore[union-attr]
     start = clock.elapsed()
     waiter.acquire(timeout=40.0)  # the heartbeat stopped at 90 s: taken over one TTL into this wait
     waiter.release()
@@ -445,7 +449,7 @@ def test_heartbeating_lease_of_another_host_is_never_taken_over(tmp_path: Path) 
 
 # -- a shared multi-user cache -----------------------------------------------------------------------
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_lock_files_are_group_writable(tmp_path: Path, backend: str) -> None:
+def test_lock_files_are_group_writable(tmp_path: Path, backend: LockBackendName) -> None:
     old = os.umask(0o022)
     try:
         lock = RepoLock(tmp_path, "org/m", backend=backend)
@@ -509,10 +513,10 @@ def readonly_cache(tmp_path: Path):
 
 
 @pytest.mark.parametrize("backend", ["auto", "flock", "lease"])
-def test_read_only_lock_folder_fails_at_once(readonly_cache: Path, backend: str) -> None:
+def test_read_only_lock_folder_fails_at_once(readonly_cache: Path, backend: LockBackendName) -> None:
     t0 = time.monotonic()
     with pytest.raises(CacheWriteError):
-        RepoLock(readonly_cache, "org/m", backend=backend).acquire()  # type: ignore[arg-type]
+        RepoLock(readonly_cache, "org/m", backend=backend).acquire()
     assert time.monotonic() - t0 < 1
 
 
@@ -523,7 +527,7 @@ def test_read_only_cache_without_lock_folder_fails_at_once(readonly_cache: Path)
 
 # -- async -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_async_tasks_exclude_each_other_and_cancel_cleanly(tmp_path: Path, backend: str) -> None:
+def test_async_tasks_exclude_each_other_and_cancel_cleanly(tmp_path: Path, backend: LockBackendName) -> None:
     async def main() -> list[str]:
         events: list[str] = []
 
@@ -600,7 +604,7 @@ def test_list_locks_reports_holders_and_stale_leases(tmp_path: Path) -> None:
 
 # -- fork ---------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_forked_child_inherits_no_hold(tmp_path: Path, backend: str) -> None:
+def test_a_forked_child_inherits_no_hold(tmp_path: Path, backend: LockBackendName) -> None:
     lock = RepoLock(tmp_path, "org/m", backend=backend)
     with lock:
         pid = os.fork()
@@ -720,11 +724,11 @@ def _patch_step(monkeypatch: pytest.MonkeyPatch, owner: Any, name: str, *, after
     [(backend, step) for backend, steps in _steps().items() for step in steps],
 )
 def test_ctrl_c_at_each_step_of_acquire_leaks_no_gate_no_lease_no_descriptor(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: str, step: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, backend: LockBackendName, step: str
 ) -> None:
     from hub_prefetch.lock.lease import held_lease
 
-    lock = RepoLock(tmp_path, "org/m", backend=backend, lease_ttl=30)  # type: ignore[arg-type]
+    lock = RepoLock(tmp_path, "org/m", backend=backend, lease_ttl=30)
     assert lock.backend == backend
     fds = _open_fds()
     owner, name = _steps()[backend][step]
@@ -738,7 +742,7 @@ def test_ctrl_c_at_each_step_of_acquire_leaks_no_gate_no_lease_no_descriptor(
     assert held_lease(lock.lease_path) is None, "a heartbeat still runs for a lease nobody holds"
     # The in-process gate is free and the lock itself can be taken at once, from another thread too.
     got: list[bool] = []
-    other = RepoLock(tmp_path, "org/m", backend=backend, lease_ttl=30)  # type: ignore[arg-type]
+    other = RepoLock(tmp_path, "org/m", backend=backend, lease_ttl=30)
     thread = threading.Thread(target=lambda: got.append(bool(other.acquire(timeout=2))))
     thread.start()
     thread.join(10)

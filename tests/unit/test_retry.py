@@ -18,7 +18,7 @@ from hub_prefetch.settings import Settings
 try:  # huggingface_hub 2.x uses httpx2, 1.x httpx
     import httpx2 as httpx_mod
 except ImportError:
-    import httpx as httpx_mod
+    import httpx as httpx_mod  # type: ignore[no-redef]
 
 
 def _http_error(cls, status, headers=None):
