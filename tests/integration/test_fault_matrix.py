@@ -111,7 +111,7 @@ def _partial_gets(hub, filename: str) -> list:
     ids=["flock", "lease", "no-flock"],
 )
 def test_downloader_sigkilled_at_a_random_byte_of_a_shard(
-    local_hub, hub_store, sharded, tmp_path, crew_home, backend, flock
+    local_hub, hub_store, crew, sharded, tmp_path, crew_home, backend, flock
 ):
     """The lock holder is parked at a random byte of one shard and SIGKILLed; the survivors load the
     right tensors, no byte is served twice except the dead one's partial shard, no temp file stays."""
@@ -152,15 +152,27 @@ def test_downloader_sigkilled_at_a_random_byte_of_a_shard(
     assert shard in missing
     local_hub.reset_log()
     survivors_kwargs = _load(cache, flock=flock, dump_after=80)
-    with WorkerPool(
-        DISPATCH, survivors_kwargs, n=WORKERS, env=env, preload=PRELOAD, timeout=120
-    ) as survivors:
-        survivors.wait_ready()
+
+    def orphan_aged() -> None:
         if leased:
             # Where flock cannot be trusted a temp file is an orphan only once older than the lease TTL.
             wait_until(lambda: time.time() - killed_at > ttl, what="orphan older than the lease TTL")
-        survivors.go()
-        results = survivors.results()
+
+    if flock == "ok":
+        # The survivors are the module's crew (imports already paid), with the victim's lock settings.
+        lock_env = {"HUB_PREFETCH_LOCK": backend, "HUB_PREFETCH_LEASE_TTL": str(ttl)}
+        results = crew.run({**survivors_kwargs, "env": lock_env}, before_go=orphan_aged, timeout=120)
+    else:
+        # A process that met a raising flock turns huggingface_hub's per-blob locks off for good
+        # (hub_prefetch.prefetch._replace_blob_locks): fresh survivors here, so that the crew keeps real
+        # blob locks for the cases that rely on them (a live writer's blob is waited for, not fetched).
+        with WorkerPool(
+            DISPATCH, survivors_kwargs, n=WORKERS, env=env, preload=PRELOAD, timeout=120
+        ) as survivors:
+            survivors.wait_ready()
+            orphan_aged()
+            survivors.go()
+            results = survivors.results()
     _assert_loaded(results, built)
     for path in needed:
         assert local_hub.times_served(path) == (path in missing), path
