@@ -11,6 +11,7 @@ test_hub_faults.py); this file runs them end to end, through real loaders in sev
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import time
 from collections.abc import Iterator
@@ -355,6 +356,10 @@ def test_orphan_temp_of_a_dead_writer_beside_a_live_writers(
         for path in (dead_file, live_file):
             wait_until(lambda p=path: any(r.fault == "stall" for r in _partial_gets(local_hub, p)), what=path)
         writers.kill(0)
+        # SIGKILL is asynchronous: the dead writer's blob lock is released only once it has exited. Wait for
+        # that (without reaping it: the pool does), or a quick loader finds the lock still held and, rightly,
+        # leaves the temp file alone (seen on a loaded runner).
+        os.waitid(os.P_PID, writers.pids[0], os.WEXITED | os.WNOWAIT)
         blobs = repo_dir(cache, SHARDED) / "blobs"
         dead_tmp = [p for p in blobs.iterdir() if p.name.startswith(_etag(hub_store, built, dead_file))]
         live_tmp = [p for p in blobs.iterdir() if p.name.startswith(_etag(hub_store, built, live_file))]
