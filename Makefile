@@ -35,8 +35,12 @@ bench: $(VENV)/new/.installed $(VENV)/old/.installed
 bench-full: $(VENV)/new/.installed $(VENV)/old/.installed
 	$(VENV)/new/bin/python -m benchmarks.run --full
 
-soak: $(VENV)/new/.installed
+# The soak: random fault rounds (benchmarks/soak.py), then the full-size versions of the suite's many-worker
+# and many-run scenarios (the tests marked `soak`, which `make test` deselects) on both stacks.
+soak: $(VENV)/new/.installed $(VENV)/old/.installed
 	$(VENV)/new/bin/python -m benchmarks.soak
+	HUB_PREFETCH_STACK=new $(VENV)/new/bin/python -m pytest -m soak $(PYTEST_ARGS)
+	HUB_PREFETCH_STACK=old $(VENV)/old/bin/python -m pytest -m soak $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -211,14 +211,16 @@ def _model_files(hub: Any, commit: str, repo_id: str = SHARDED, sub: str = SUB) 
 # ----------------------------------------------------------------------------- tests
 
 
-def test_two_nodes_of_four_ranks_download_once_per_cache_domain(
-    local_hub: Any, built_repos: Any, hf_env: dict[str, Any], tmp_path: Path
+# Two ranks per node in the suite; the full-size job (two nodes of four ranks) is a `soak` case (`make soak`).
+@pytest.mark.parametrize("per_node", [2, pytest.param(4, marks=pytest.mark.soak)])
+def test_two_nodes_of_several_ranks_download_once_per_cache_domain(
+    local_hub: Any, built_repos: Any, hf_env: dict[str, Any], tmp_path: Path, per_node: int
 ) -> None:
     """Node-local caches: each file served once per node; one shared cache: once in all. Domains are
     found by the probe files (scope "auto"), not declared."""
     env = _env(hf_env)
     local_hub.set_bandwidth(1_000_000.0)
-    hosts = ["node-a"] * 4 + ["node-b"] * 4
+    hosts = ["node-a"] * per_node + ["node-b"] * per_node
     local = [{"cache_dir": str(tmp_path / "local" / h / "hub")} for h in hosts]
     shared = {"cache_dir": str(tmp_path / "shared" / "hub")}
     phases = [local, shared, shared]  # the last one finds the shared cache warm
@@ -232,7 +234,7 @@ def test_two_nodes_of_four_ranks_download_once_per_cache_domain(
         assert all(r["ok"] for r in recs), recs
         assert {r["commit"] for r in recs} == {built.commit}
         assert {r["fingerprint"] for r in recs} == {built.fingerprint}
-        assert [r["rank"] for r in recs if r["downloaded"]] == ([0, 4] if domains == 2 else [0])
+        assert [r["rank"] for r in recs if r["downloaded"]] == ([0, per_node] if domains == 2 else [0])
         requests = _window(local_hub, recs)
         for f in files:
             assert _served(requests, f) == domains, (name, f)
@@ -243,8 +245,9 @@ def test_two_nodes_of_four_ranks_download_once_per_cache_domain(
         assert _metadata(requests) == domains, name
         elapsed = max(r["t2"] for r in recs) - min(r["t0"] for r in recs)
         print(
-            f"\n[2 nodes x 4 ranks, {name} cache] bytes served / model size = {served / model_bytes:.2f}; "
-            f"time until all 8 loaded = {elapsed:.2f} s = {elapsed / alone:.2f} x one process alone "
+            f"\n[2 nodes x {per_node} ranks, {name} cache] "
+            f"bytes served / model size = {served / model_bytes:.2f}; time until all {len(hosts)} loaded = "
+            f"{elapsed:.2f} s = {elapsed / alone:.2f} x one process alone "
             f"({alone:.2f} s); metadata requests {_metadata(requests)}, "
             f"HEAD {sum(q.kind == 'head' for q in requests)}"
         )
@@ -255,11 +258,15 @@ def test_two_nodes_of_four_ranks_download_once_per_cache_domain(
     assert {r["fingerprint"] for r in warm} == {built.fingerprint}
     assert _window(local_hub, warm) == []  # a warm job costs the Hub nothing
     prefetched = max(r["t1"] for r in warm) - min(r["t0"] for r in warm)
-    print(f"[2 nodes x 4 ranks, warm shared cache] 0 Hub requests; all 8 prefetched in {prefetched:.3f} s")
+    print(
+        f"[2 nodes x {per_node} ranks, warm shared cache] 0 Hub requests; "
+        f"all {len(hosts)} prefetched in {prefetched:.3f} s"
+    )
 
 
+@pytest.mark.parametrize("ranks", [2, pytest.param(4, marks=pytest.mark.soak)])  # full size: `make soak`
 def test_slow_leader_does_not_trip_a_short_collective_timeout(
-    local_hub: Any, built_repos: Any, hf_env: dict[str, Any], tmp_path: Path
+    local_hub: Any, built_repos: Any, hf_env: dict[str, Any], tmp_path: Path, ranks: int
 ) -> None:
     env = _env(hf_env)
     group_timeout = 2.0
@@ -270,7 +277,7 @@ def test_slow_leader_does_not_trip_a_short_collective_timeout(
     # Throttled so that the download lasts about three collective timeouts.
     local_hub.set_bandwidth(model_bytes / (3 * group_timeout))
     phase = {"cache_dir": str(tmp_path / "hub")}
-    kwargs = _ranks(tmp_path, ["node-a"] * 4, [phase], group_timeout=group_timeout, control_timeout=True)
+    kwargs = _ranks(tmp_path, ["node-a"] * ranks, [phase], group_timeout=group_timeout, control_timeout=True)
     values = _run(env, kwargs)
     recs = _phase(values, 0)
     assert all(r["ok"] for r in recs), recs
@@ -290,8 +297,17 @@ def test_slow_leader_does_not_trip_a_short_collective_timeout(
     )
 
 
+# Suite: the leader, its host-mate and one rank on the other host; all four ranks: `make soak`.
+@pytest.mark.parametrize(
+    "hosts",
+    [
+        ("node-a", "node-a", "node-b"),
+        pytest.param(("node-a", "node-a", "node-b", "node-b"), marks=pytest.mark.soak),
+    ],
+    ids=["3-ranks", "4-ranks"],
+)
 def test_leader_killed_mid_download_the_others_take_over(
-    local_hub: Any, built_repos: Any, hf_env: dict[str, Any], tmp_path: Path
+    local_hub: Any, built_repos: Any, hf_env: dict[str, Any], tmp_path: Path, hosts: tuple[str, ...]
 ) -> None:
     """A shared cache (lease lock, as on NFS) and two hosts: rank 0 is SIGKILLed while its download is
     stalled mid-shard. Its host-mate sees the pid gone at once; the other host's ranks see its heartbeat
@@ -302,7 +318,7 @@ def test_leader_killed_mid_download_the_others_take_over(
     shard = f"{SUB}/model-00002-of-00003.safetensors"
     stall = local_hub.stall(f"*/{shard}", after_bytes=10_000)
     phase = {"cache_dir": str(tmp_path / "shared" / "hub")}
-    kwargs = _ranks(tmp_path, ["node-a", "node-a", "node-b", "node-b"], [phase])
+    kwargs = _ranks(tmp_path, hosts, [phase])
     with _pool(env, kwargs) as pool:
         pool.wait_ready()
         pool.go()
@@ -336,10 +352,19 @@ def test_leader_killed_mid_download_the_others_take_over(
     )
 
 
+# Suite: two ranks on node-a and one on node-b (two domains, one shared); four ranks: `make soak`.
+@pytest.mark.parametrize(
+    "hosts",
+    [
+        ("node-a", "node-a", "node-b"),
+        pytest.param(("node-a", "node-a", "node-b", "node-b"), marks=pytest.mark.soak),
+    ],
+    ids=["3-ranks", "4-ranks"],
+)
 def test_errors_reach_every_rank_and_rate_limits_are_honoured(
-    local_hub: Any, built_repos: Any, hf_env: dict[str, Any], tmp_path: Path
+    local_hub: Any, built_repos: Any, hf_env: dict[str, Any], tmp_path: Path, hosts: tuple[str, ...]
 ) -> None:
-    """Four ranks on two nodes, four phases in the same processes:
+    """Ranks on two nodes, four phases in the same processes:
 
     1. no such repo: RepoNotFound on every rank, after one metadata request in all;
     2. a bad subfolder on rank 2 only: InvalidRequestError on every rank, nobody left in a collective;
@@ -348,7 +373,6 @@ def test_errors_reach_every_rank_and_rate_limits_are_honoured(
        each retry waits out Retry-After, metadata requests stay one per domain (+ the refused one).
     """
     env = _env(hf_env)
-    hosts = ["node-a", "node-a", "node-b", "node-b"]
     shard = f"{SUB}/model-00002-of-00003.safetensors"
     local_hub.fail(f"/tiny/sharded-bert/resolve/*/{shard}", method="GET", status=403, count=1)
     local_hub.fail("/api/models/tiny/root-bert*", status=429, count=1, retry_after=1)
@@ -359,7 +383,10 @@ def test_errors_reach_every_rank_and_rate_limits_are_honoured(
     ]
     phases: list[Any] = [
         {"repo_id": "tiny/no-such-repo", "cache_dir": shared},
-        [{"cache_dir": shared, **({"bad_subfolder": "../escape"} if r == 2 else {})} for r in range(4)],
+        [
+            {"cache_dir": shared, **({"bad_subfolder": "../escape"} if r == 2 else {})}
+            for r in range(len(hosts))
+        ],
         {"cache_dir": shared},
         local,
     ]
@@ -404,7 +431,7 @@ def test_errors_reach_every_rank_and_rate_limits_are_honoured(
         2 * [f for f in local_hub.store.files("tiny/root-bert", root.commit) if f in set(files)]
     )
     print(
-        f"\n[429 + Retry-After] 4 ranks, 2 domains: metadata requests {_metadata(requests)} "
+        f"\n[429 + Retry-After] {len(hosts)} ranks, 2 domains: metadata requests {_metadata(requests)} "
         f"(1 refused), HEAD {sum(q.kind == 'head' for q in requests)}, "
         f"GET {sum(q.kind == 'get' for q in requests)}; error spread after a leader failure {spread:.2f} s"
     )

@@ -11,6 +11,7 @@ test_hub_faults.py); this file runs them end to end, through real loaders in sev
 from __future__ import annotations
 
 import contextlib
+import os
 import random
 import time
 from collections.abc import Iterator
@@ -111,7 +112,7 @@ def _partial_gets(hub, filename: str) -> list:
     ids=["flock", "lease", "no-flock"],
 )
 def test_downloader_sigkilled_at_a_random_byte_of_a_shard(
-    local_hub, hub_store, sharded, tmp_path, crew_home, backend, flock
+    local_hub, hub_store, crew, sharded, tmp_path, crew_home, backend, flock
 ):
     """The lock holder is parked at a random byte of one shard and SIGKILLed; the survivors load the
     right tensors, no byte is served twice except the dead one's partial shard, no temp file stays."""
@@ -152,15 +153,27 @@ def test_downloader_sigkilled_at_a_random_byte_of_a_shard(
     assert shard in missing
     local_hub.reset_log()
     survivors_kwargs = _load(cache, flock=flock, dump_after=80)
-    with WorkerPool(
-        DISPATCH, survivors_kwargs, n=WORKERS, env=env, preload=PRELOAD, timeout=120
-    ) as survivors:
-        survivors.wait_ready()
+
+    def orphan_aged() -> None:
         if leased:
             # Where flock cannot be trusted a temp file is an orphan only once older than the lease TTL.
             wait_until(lambda: time.time() - killed_at > ttl, what="orphan older than the lease TTL")
-        survivors.go()
-        results = survivors.results()
+
+    if flock == "ok":
+        # The survivors are the module's crew (imports already paid), with the victim's lock settings.
+        lock_env = {"HUB_PREFETCH_LOCK": backend, "HUB_PREFETCH_LEASE_TTL": str(ttl)}
+        results = crew.run({**survivors_kwargs, "env": lock_env}, before_go=orphan_aged, timeout=120)
+    else:
+        # A process that met a raising flock turns huggingface_hub's per-blob locks off for good
+        # (hub_prefetch.prefetch._replace_blob_locks): fresh survivors here, so that the crew keeps real
+        # blob locks for the cases that rely on them (a live writer's blob is waited for, not fetched).
+        with WorkerPool(
+            DISPATCH, survivors_kwargs, n=WORKERS, env=env, preload=PRELOAD, timeout=120
+        ) as survivors:
+            survivors.wait_ready()
+            orphan_aged()
+            survivors.go()
+            results = survivors.results()
     _assert_loaded(results, built)
     for path in needed:
         assert local_hub.times_served(path) == (path in missing), path
@@ -343,6 +356,10 @@ def test_orphan_temp_of_a_dead_writer_beside_a_live_writers(
         for path in (dead_file, live_file):
             wait_until(lambda p=path: any(r.fault == "stall" for r in _partial_gets(local_hub, p)), what=path)
         writers.kill(0)
+        # SIGKILL is asynchronous: the dead writer's blob lock is released only once it has exited. Wait for
+        # that (without reaping it: the pool does), or a quick loader finds the lock still held and, rightly,
+        # leaves the temp file alone (seen on a loaded runner).
+        os.waitid(os.P_PID, writers.pids[0], os.WEXITED | os.WNOWAIT)
         blobs = repo_dir(cache, SHARDED) / "blobs"
         dead_tmp = [p for p in blobs.iterdir() if p.name.startswith(_etag(hub_store, built, dead_file))]
         live_tmp = [p for p in blobs.iterdir() if p.name.startswith(_etag(hub_store, built, live_file))]

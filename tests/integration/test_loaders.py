@@ -68,9 +68,18 @@ def _summary(label, figures):
     return median, ratio
 
 
+# The suite runs a few cold rounds; the full-size rounds (old stack: 8 and 32 workers x 20 runs, new stack:
+# 8 x 10) are `soak` cases, run by `make soak` (pytest -m soak on both stacks).
+_COLD_SIZES = (
+    [(8, 3), pytest.param(8, 20, marks=pytest.mark.soak), pytest.param(32, 20, marks=pytest.mark.soak)]
+    if OLD_STACK
+    else [(4, 3), pytest.param(8, 10, marks=pytest.mark.soak)]
+)
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(900)
-@pytest.mark.parametrize("workers,runs", [(8, 20), (32, 20)] if OLD_STACK else [(8, 10)])
+@pytest.mark.parametrize("workers,runs", _COLD_SIZES)
 def test_protected_loader_never_fails_on_a_cold_cache(
     local_hub, hub_store, built_repos, hf_env, tmp_path, workers, runs
 ):
@@ -91,15 +100,22 @@ def test_protected_loader_never_fails_on_a_cold_cache(
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_plain_vs_protected_side_by_side(local_hub, hub_store, built_repos, hf_env, tmp_path):
+@pytest.mark.parametrize(
+    "workers,runs",
+    [(2, 2), pytest.param(8, 6, marks=pytest.mark.soak)],  # full size: `make soak`
+)
+def test_plain_vs_protected_side_by_side(local_hub, hub_store, built_repos, hf_env, tmp_path, workers, runs):
     """The figures for the issue note: failures, time to all-ready and bytes, plain vs protected."""
     built = built_repos["sharded"]
-    runs = 6
     env = {**hf_env, SLOW_REFS: "0.02"}  # the slow-filesystem knob: the old stack's plain race shows
-    plain = _runs(PLAIN, built, local_hub, hub_store, env, tmp_path, workers=8, runs=runs, label="plain")
-    prot = _runs(PROTECTED, built, local_hub, hub_store, env, tmp_path, workers=8, runs=runs, label="prot")
-    plain_t, plain_b = _summary("plain, 8 workers", plain)
-    prot_t, prot_b = _summary("protected, 8 workers", prot)
+    plain = _runs(
+        PLAIN, built, local_hub, hub_store, env, tmp_path, workers=workers, runs=runs, label="plain"
+    )
+    prot = _runs(
+        PROTECTED, built, local_hub, hub_store, env, tmp_path, workers=workers, runs=runs, label="prot"
+    )
+    plain_t, plain_b = _summary(f"plain, {workers} workers", plain)
+    prot_t, prot_b = _summary(f"protected, {workers} workers", prot)
     print(
         f"all-ready protected / plain = {prot_t / plain_t:.2f}; "
         f"bytes protected / plain = {prot_b / plain_b:.2f}"
@@ -110,12 +126,18 @@ def test_plain_vs_protected_side_by_side(local_hub, hub_store, built_repos, hf_e
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_opt_in_patch_makes_unmodified_loader_code_safe(local_hub, hub_store, built_repos, hf_env, tmp_path):
+@pytest.mark.parametrize(
+    "workers,runs",
+    [(3, 3), pytest.param(8, 8, marks=pytest.mark.soak)],  # full size: `make soak`
+)
+def test_opt_in_patch_makes_unmodified_loader_code_safe(
+    local_hub, hub_store, built_repos, hf_env, tmp_path, workers, runs
+):
     built = built_repos["sharded"]
     figures = _runs(
-        PATCHED, built, local_hub, hub_store, hf_env, tmp_path, workers=8, runs=8, label="patched"
+        PATCHED, built, local_hub, hub_store, hf_env, tmp_path, workers=workers, runs=runs, label="patched"
     )
-    _summary("plain code under protected_loads(), 8 workers", figures)
+    _summary(f"plain code under protected_loads(), {workers} workers", figures)
     assert [f["failed"] for f in figures if f["failed"]] == []
     assert sum(f["wrong"] for f in figures) == 0
     assert all(f["bytes_ratio"] == pytest.approx(1.0) for f in figures)
@@ -123,14 +145,15 @@ def test_opt_in_patch_makes_unmodified_loader_code_safe(local_hub, hub_store, bu
 
 @pytest.mark.slow
 @pytest.mark.timeout(600)
-def test_whole_pipeline_with_4_workers(local_hub, built_repos, hf_env):
+@pytest.mark.parametrize("workers", [2, pytest.param(4, marks=pytest.mark.soak)])  # full size: `make soak`
+def test_whole_pipeline_with_several_workers(local_hub, built_repos, hf_env, workers):
     from hub_prefetch.testing import run_workers
 
     local_hub.set_bandwidth(8 * 1024 * 1024)
     results = run_workers(
         "hub_prefetch.testing.protected_targets:protected_pipeline",
         {"repo_id": "tiny/sd-pipe"},
-        n=4,
+        n=workers,
         env=hf_env,
         timeout=300,
         preload=("diffusers",),

@@ -112,15 +112,17 @@ def _check_loaded(values: Sequence[dict[str, Any]], built: Any, hub: Any) -> Non
 # ----------------------------------------------------------------------------- tests
 
 
-def test_six_hosts_sharing_one_cache_download_once(
-    local_hub: Any, built_repos: Any, hf_env: dict[str, Any], tmp_path: Path
+# Three hosts in the suite; six (the full size) are a `soak` case, run by `make soak`.
+@pytest.mark.parametrize("hosts", [3, pytest.param(6, marks=pytest.mark.soak)])
+def test_several_hosts_sharing_one_cache_download_once(
+    local_hub: Any, built_repos: Any, hf_env: dict[str, Any], tmp_path: Path, hosts: int
 ) -> None:
     from hub_prefetch.testing import run_workers
 
     local_hub.set_bandwidth(1_000_000.0)
     cache = str(tmp_path / "nfs" / "hub")
-    kwargs = [{"host_id": f"host-{i}", "cache_dir": cache} for i in range(6)]
-    values = _ok(run_workers(LOAD, kwargs, n=6, env=_env(hf_env), timeout=120, preload=PRELOAD))
+    kwargs = [{"host_id": f"host-{i}", "cache_dir": cache} for i in range(hosts)]
+    values = _ok(run_workers(LOAD, kwargs, n=hosts, env=_env(hf_env), timeout=120, preload=PRELOAD))
     _check_loaded(values, built_repos["sharded"], local_hub)
     served = local_hub.bytes_served()
     model_bytes = values[0]["bytes_total"]
@@ -129,13 +131,14 @@ def test_six_hosts_sharing_one_cache_download_once(
     assert metadata == 1  # the holder asks; the others find the fresh record under the lease
     elapsed = max(v["t2"] for v in values) - min(v["t0"] for v in values)
     print(
-        f"\n[6 hosts, one cache, lease] bytes served / model size = {served / model_bytes:.2f}; "
+        f"\n[{hosts} hosts, one cache, lease] bytes served / model size = {served / model_bytes:.2f}; "
         f"metadata requests {metadata}; all loaded in {elapsed:.2f} s"
     )
 
 
+@pytest.mark.parametrize("waiters", [2, pytest.param(3, marks=pytest.mark.soak)])  # full size: `make soak`
 def test_stale_lease_of_a_dead_host_is_recovered_after_its_ttl(
-    local_hub: Any, built_repos: Any, hf_env: dict[str, Any], tmp_path: Path
+    local_hub: Any, built_repos: Any, hf_env: dict[str, Any], tmp_path: Path, waiters: int
 ) -> None:
     """A holder on "host-dead" takes the lease and is SIGKILLed: its lease file stays behind. Processes on
     other hosts cannot see its pid; they take over once the file stayed unchanged for the TTL, not
@@ -155,15 +158,16 @@ def test_stale_lease_of_a_dead_host_is_recovered_after_its_ttl(
     leases = list((cache / ".locks" / "hub_prefetch").glob("*.lease"))
     assert len(leases) == 1, leases  # the dead host's lease is still there
 
-    kwargs = [{"host_id": f"host-{i}", "cache_dir": str(cache)} for i in range(1, 4)]
-    values = _ok(run_workers(LOAD, kwargs, n=3, env=env, timeout=120, preload=PRELOAD))
+    kwargs = [{"host_id": f"host-{i}", "cache_dir": str(cache)} for i in range(1, waiters + 1)]
+    values = _ok(run_workers(LOAD, kwargs, n=waiters, env=env, timeout=120, preload=PRELOAD))
     _check_loaded(values, built_repos["sharded"], local_hub)
     first = min(values, key=lambda v: v["t1"])
     # Recovered after the TTL (judged on the waiter's own clock), and promptly after it.
     assert TTL * 0.9 <= first["waited_s"] < TTL + 10, first["waited_s"]
     print(
         f"\n[dead host's lease] taken over after {first['waited_s']:.2f} s (ttl {TTL:g} s); "
-        f"all 3 hosts loaded {max(v['t2'] for v in values) - min(v['t0'] for v in values):.2f} s after start"
+        f"all {waiters} hosts loaded "
+        f"{max(v['t2'] for v in values) - min(v['t0'] for v in values):.2f} s after start"
     )
 
 

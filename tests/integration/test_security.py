@@ -69,6 +69,9 @@ def test_the_repo_lock_never_follows_a_planted_symlink(
     local_hub, built_repos, hf_cache, tmp_path, monkeypatch, backend, target_exists
 ):
     monkeypatch.setenv("HUB_PREFETCH_LOCK", backend)
+    # A lease file that is a planted link reads as an unknown holder: the prefetch takes it over once it
+    # stayed unchanged for a lease TTL. A short TTL (default 30 s) keeps the case quick; nobody else holds it.
+    monkeypatch.setenv("HUB_PREFETCH_LEASE_TTL", "1")
     lock = RepoLock(hf_cache, SHARDED, revision="main", backend=backend)
     planted = _plant({"lock": lock.file}, tmp_path / "outside", target_exists=target_exists)
     try:
