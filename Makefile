@@ -4,7 +4,7 @@ VENV := .venv
 STACKS := new old
 PYTEST_ARGS ?=
 
-.PHONY: demo test lint test-new test-old bench bench-full soak clean
+.PHONY: demo test test-all lint test-new test-old bench bench-full soak clean
 
 $(VENV)/%/.installed: pyproject.toml stacks/%.txt
 	$(PYTHON) -m venv $(VENV)/$*
@@ -19,15 +19,26 @@ lint: $(VENV)/new/.installed
 	$(VENV)/new/bin/ruff check src tests benchmarks
 	$(VENV)/new/bin/ruff format --check src tests benchmarks
 	$(VENV)/new/bin/mypy
+	$(VENV)/new/bin/mypy --config-file tests/mypy.ini tests/unit tests/integration tests/support tests/conftest.py benchmarks
 
 # Explicit targets: GNU make does not apply pattern rules to .PHONY targets.
+# One pytest cache per stack: the two suites may run at the same time.
 test-new: $(VENV)/new/.installed
-	HUB_PREFETCH_STACK=new $(VENV)/new/bin/python -m pytest $(PYTEST_ARGS)
+	HUB_PREFETCH_STACK=new $(VENV)/new/bin/python -m pytest -o cache_dir=.pytest_cache/new $(PYTEST_ARGS)
 
 test-old: $(VENV)/old/.installed
-	HUB_PREFETCH_STACK=old $(VENV)/old/bin/python -m pytest $(PYTEST_ARGS)
+	HUB_PREFETCH_STACK=old $(VENV)/old/bin/python -m pytest -o cache_dir=.pytest_cache/old $(PYTEST_ARGS)
 
-test: lint test-new test-old
+# Lint and the two stacks' suites run side by side (TEST_JOBS=1: one after the other). The suites spend much of
+# their time waiting (worker start-up, lock TTLs, throttled links), so on 2 cores the second one fills those
+# waits; both venvs are built side by side too. Each target's output is shown whole when it finishes.
+TEST_JOBS ?= 2
+
+test:
+	@echo "make test: lint, test-new and test-old, $(TEST_JOBS) at a time; each one's output appears when it ends"
+	@$(MAKE) --no-print-directory -j$(TEST_JOBS) --output-sync=target test-all
+
+test-all: lint test-new test-old
 
 bench: $(VENV)/new/.installed $(VENV)/old/.installed
 	$(VENV)/new/bin/python -m benchmarks.run --quick

@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import functools
 import json
 import os
 import random
@@ -104,6 +105,10 @@ def _run(*cmd: str) -> bool:
         return subprocess.run(cmd, capture_output=True, timeout=30, check=False).returncode == 0
     except (OSError, subprocess.TimeoutExpired):
         return False
+
+
+def _unmount(path: Path) -> None:
+    _run("umount", "-l", str(path))
 
 
 def _tree(root: Path) -> dict[str, tuple[int, int, int]]:
@@ -273,14 +278,14 @@ class Soak:
             rnd.zero_writes = _tree(cache)
             if self.can_mount and _run("mount", "--bind", str(cache), str(cache)):
                 _run("mount", "-o", "remount,ro,bind", str(cache))
-                rnd.cleanup.append(lambda: _run("umount", "-l", str(cache)))
+                rnd.cleanup.append(functools.partial(_unmount, cache))
         elif fault == "hub-down":
             hub.fail(glob, method="GET", status=503, count=-1)
             rnd.expect_fail = -1
         elif fault == "disk-full":
             cache.mkdir(parents=True)
             if self.can_mount and _run("mount", "-t", "tmpfs", "-o", "size=600k", "tmpfs", str(cache)):
-                rnd.cleanup.append(lambda: _run("umount", "-l", str(cache)))
+                rnd.cleanup.append(functools.partial(_unmount, cache))
                 rnd.expect_fail = -1
             else:
                 rnd.fault = "none"  # cannot make a small disk here: an ordinary round instead

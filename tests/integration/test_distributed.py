@@ -223,7 +223,11 @@ def test_two_nodes_of_several_ranks_download_once_per_cache_domain(
     hosts = ["node-a"] * per_node + ["node-b"] * per_node
     local = [{"cache_dir": str(tmp_path / "local" / h / "hub")} for h in hosts]
     shared = {"cache_dir": str(tmp_path / "shared" / "hub")}
-    phases = [local, shared, shared]  # the last one finds the shared cache warm
+    phases: list[dict[str, Any] | list[dict[str, Any]]] = [
+        local,
+        shared,
+        shared,
+    ]  # the last one finds the shared cache warm
     values = _run(env, _ranks(tmp_path, hosts, phases, baseline_cache=str(tmp_path / "alone")))
     base = values[0]["baseline"]
     alone = base["t2"] - base["t0"]

@@ -11,6 +11,7 @@ test_hub_faults.py); this file runs them end to end, through real loaders in sev
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import random
 import time
@@ -100,6 +101,10 @@ def _stored_blobs(cache: Path) -> set[str]:
 
 def _partial_gets(hub, filename: str) -> list:
     return [r for r in hub.requests() if r.kind == "get" and r.filename == filename and not r.complete]
+
+
+def _stalled(hub, filename: str) -> bool:
+    return any(r.fault == "stall" for r in _partial_gets(hub, filename))
 
 
 # ------------------------------------------------------------------------------ a downloader killed
@@ -354,7 +359,8 @@ def test_orphan_temp_of_a_dead_writer_beside_a_live_writers(
         writers.wait_ready()
         writers.go()
         for path in (dead_file, live_file):
-            wait_until(lambda p=path: any(r.fault == "stall" for r in _partial_gets(local_hub, p)), what=path)
+            stalled = functools.partial(_stalled, local_hub, path)
+            wait_until(stalled, what=path)
         writers.kill(0)
         # SIGKILL is asynchronous: the dead writer's blob lock is released only once it has exited. Wait for
         # that (without reaping it: the pool does), or a quick loader finds the lock still held and, rightly,

@@ -234,7 +234,7 @@ def test_tokens_never_reach_cli_output(local_hub, hf_cache, hf_env, how):
             ["warm", GATED, "-vv"],
         ):
             env = {k: v for k, v in {**os.environ, **hf_env}.items() if v is not None}
-            args = [*_cli(), *command, "--cache-dir", str(hf_cache), *extra]
+            args = [*(_cli() or []), *command, "--cache-dir", str(hf_cache), *extra]
             if how == "argument":
                 args += ["--token", token]
             else:
