@@ -210,6 +210,7 @@ def test_same_host_name_on_two_machines_is_never_evicted_while_heartbeating(
     cluster.start("C", "hold", prefix=cluster.machine("c"), host_id="localhost", hold_s=0.2)
     got = cluster.wait_for("C", "acquired", timeout=20)
     took = got["t"] - frozen_at
+    print(f"\n[same host name, other machine] frozen holder taken over after {took:.2f} s (ttl {TTL:g} s)")
     assert TTL <= took < TTL + 5, took
     os.killpg(a.pid, signal.SIGCONT)
     cluster.wait_for("A", "lost", timeout=20)  # A, thawed, finds the lease taken and stops publishing
@@ -269,6 +270,7 @@ def test_holder_and_waiter_frozen_together_past_the_ttl_never_both_hold(
     cluster.join()
     events = cluster.read()
     assert [e["who"] for e in events if e["event"] == "acquired"] == ["A", "B"]
+    print(f"\n[frozen together] acquisitions A then B, publish overlaps {len(overlaps(events))}")
     assert overlaps(events) == []
 
 
