@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _machines import REFUSED
 
 HERE = Path(__file__).resolve().parent
 PROC = HERE / "_machine_proc.py"
@@ -35,20 +36,6 @@ REPEATS = 3
 pytestmark = pytest.mark.slow
 
 
-def _unshare_refusal() -> str | None:
-    if os.geteuid() != 0:
-        return "simulating a machine needs root (a mount namespace and a bind mount of its boot id)"
-    if shutil.which("unshare") is None:
-        return "unshare(1) is not installed"
-    probe = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "true"], capture_output=True, check=False
-    )
-    if probe.returncode != 0:
-        return f"the kernel refuses a mount namespace: {probe.stderr.decode(errors='replace').strip()}"
-    return None
-
-
-REFUSED = _unshare_refusal()
 needs_machines = pytest.mark.skipif(REFUSED is not None, reason=REFUSED or "")
 
 
