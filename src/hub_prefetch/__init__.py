@@ -15,11 +15,12 @@ The public surface, by what you are doing:
 * **the pieces**: :class:`RepoLock`, :class:`Settings`, the results, and the error tree (the root and its
   direct branches here; every class in :mod:`hub_prefetch.errors`).
 
-Logging: every module logs to a ``hub_prefetch.<module>`` logger and the library configures nothing, not even a
-``NullHandler``, on purpose. In an application that configured no logging, Python's last-resort handler then
-prints our WARNING and ERROR lines to stderr ("took over stale lock ...", "lost the lease ...", "repairing
-...") — things an operator of a many-worker job should see — and stays silent below WARNING. An application
-that configures logging gets them through its own handlers, as usual. Only the CLI sets up output.
+Logging: every module logs to a ``hub_prefetch.<module>`` logger and the library configures nothing, not
+even a ``NullHandler``, on purpose. In an application that configured no logging, Python's last-resort
+handler then prints our WARNING and ERROR lines to stderr ("took over stale lock ...", "lost the lease ...",
+"repairing ...") — things an operator of a many-worker job should see — and stays silent below WARNING. An
+application that configures logging gets them through its own handlers, as usual. Only the CLI sets up
+output.
 """
 
 from __future__ import annotations
