@@ -24,15 +24,16 @@ lint: $(VENV)/new/.installed
 # Explicit targets: GNU make does not apply pattern rules to .PHONY targets.
 # One pytest cache per stack: the two suites may run at the same time.
 test-new: $(VENV)/new/.installed
-	HUB_PREFETCH_STACK=new $(VENV)/new/bin/python -m pytest -o cache_dir=.pytest_cache/new $(PYTEST_ARGS)
+	HUB_PREFETCH_STACK=new $(VENV)/new/bin/python -m pytest -o cache_dir=.pytest_cache/new --durations=15 $(PYTEST_ARGS)
 
 test-old: $(VENV)/old/.installed
-	HUB_PREFETCH_STACK=old $(VENV)/old/bin/python -m pytest -o cache_dir=.pytest_cache/old $(PYTEST_ARGS)
+	HUB_PREFETCH_STACK=old $(VENV)/old/bin/python -m pytest -o cache_dir=.pytest_cache/old --durations=15 $(PYTEST_ARGS)
 
-# Lint and the two stacks' suites run side by side (TEST_JOBS=1: one after the other). The suites spend much of
+# Lint and the two stacks' suites run side by side (TEST_JOBS=1: one after the other; the 15 slowest tests of
+# each stack are listed). The suites spend much of
 # their time waiting (worker start-up, lock TTLs, throttled links), so on 2 cores the second one fills those
 # waits; both venvs are built side by side too. Each target's output is shown whole when it finishes.
-TEST_JOBS ?= 2
+TEST_JOBS ?= 3
 
 test:
 	@echo "make test: lint, test-new and test-old, $(TEST_JOBS) at a time; each one's output appears when it ends"

@@ -31,7 +31,9 @@ from _machines import REFUSED
 HERE = Path(__file__).resolve().parent
 PROC = HERE / "_machine_proc.py"
 TTL = 1.0
-REPEATS = 3
+#: Rounds of each race in the suite; `make soak` runs five (the `soak` marked ones).
+REPEATS = 2
+SOAK_REPEATS = 5
 
 pytestmark = pytest.mark.slow
 
@@ -178,7 +180,10 @@ def cluster(hf_env: dict[str, str]) -> Iterator[Cluster]:
 
 
 @needs_machines
-@pytest.mark.parametrize("round_", range(REPEATS))
+@pytest.mark.parametrize(
+    "round_",
+    [*range(REPEATS), *(pytest.param(r, marks=pytest.mark.soak) for r in range(REPEATS, SOAK_REPEATS))],
+)
 def test_same_host_name_on_two_machines_is_never_evicted_while_heartbeating(
     cluster: Cluster, round_: int
 ) -> None:
@@ -232,7 +237,10 @@ def test_a_holder_seen_through_hidepid_as_another_user_is_alive(cluster: Cluster
 
 
 @needs_machines
-@pytest.mark.parametrize("round_", range(REPEATS))
+@pytest.mark.parametrize(
+    "round_",
+    [*range(REPEATS), *(pytest.param(r, marks=pytest.mark.soak) for r in range(REPEATS, SOAK_REPEATS))],
+)
 def test_holder_and_waiter_frozen_together_past_the_ttl_never_both_hold(
     cluster: Cluster, round_: int
 ) -> None:
