@@ -57,10 +57,12 @@ def hold() -> None:
     try:
         while time.monotonic() < end and not (stop is not None and stop.exists()):
             before = time.time()
-            if not lock.still_held():
+            held = lock.still_held()
+            checked = time.time()  # the fence's answer holds for [before, checked]; the log line may lag
+            if not held:
                 log("lost", epoch=lock.epoch)
                 break
-            log("publish", before=before, epoch=lock.epoch)
+            log("publish", before=before, checked=checked, epoch=lock.epoch)
             time.sleep(0.02)
     finally:
         lock.release()

@@ -90,7 +90,9 @@ class Cluster:
     def read(self) -> list[dict[str, Any]]:
         if not self.events.exists():
             return []
-        return [json.loads(line) for line in self.events.read_text().splitlines() if line.strip()]
+        text = self.events.read_text()
+        complete = text[: text.rfind("\n") + 1]  # a line being written right now is read next time
+        return [json.loads(line) for line in complete.splitlines() if line.strip()]
 
     def wait_for(self, who: str, event: str, timeout: float = 30.0) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
@@ -138,18 +140,20 @@ class _suppress:
 def overlaps(events: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """Pairs of processes whose publishing windows intersect: must be none.
 
-    A window runs from the first to the last publish of one acquisition (each publish logged only after
-    the fence said yes, stamped with the time just before it asked). A holder frozen while another took
-    over publishes nothing meanwhile, and must publish nothing after it thaws: its window then ends
-    before the next holder's begins.
+    A window runs from the first to the last fenced publish of one acquisition, each publish being the
+    interval in which the fence (``RepoLock.still_held``) was asked and said yes. A holder frozen while
+    another took over decides nothing meanwhile, and decides nothing after it thaws: its window ends
+    before the next holder's begins. (What the fence cannot close is a holder frozen between a "yes"
+    and the write itself; that write lands later. Correctness there rests on what is published being
+    content-addressed and verified, not on the lock.)
     """
     windows: list[tuple[str, float, float]] = []
     current: dict[str, list[float]] = {}
     for e in sorted(events, key=lambda e: e["t"]):
         who = e["who"]
         if e["event"] == "publish":
-            span = current.setdefault(who, [e["before"], e["t"]])
-            span[1] = e["t"]
+            span = current.setdefault(who, [e["before"], e["checked"]])
+            span[1] = e["checked"]
         elif e["event"] in ("released", "lost") and who in current:
             a, b = current.pop(who)
             windows.append((who, a, b))
