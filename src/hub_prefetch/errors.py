@@ -16,6 +16,8 @@ already catch, so ``except OSError`` around a load keeps working::
     ├── OfflineCacheMissError(HubPrefetchError, OSError)    offline and the cache cannot serve: missing
     ├── CacheWriteError(HubPrefetchError, OSError)          read-only cache, disk full: path, errno
     ├── IncompleteSnapshotError(HubPrefetchError, OSError)  verification failed after repair: problems
+    │   └── ChecksumMismatchError                           a file's bytes differ from the listing's hash,
+    │                                                       again after one re-fetch: path, expected, received
     ├── LockTimeout(HubPrefetchError, TimeoutError)         lock_path, holder, waited_s, backend
     ├── LockLostError(HubPrefetchError, OSError)            the lock was taken from us, again and again
     └── RemoteError(HubPrefetchError)                       another rank's untyped error: error_type
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "CacheWriteError",
+    "ChecksumMismatchError",
     "CorruptRepoFileError",
     "EntryNotFound",
     "GatedRepoError",
@@ -254,6 +257,34 @@ class IncompleteSnapshotError(HubPrefetchError, OSError):
     def __init__(self, message: str, *, problems: Sequence[str] = (), **common: Unpack[CommonFacts]) -> None:
         super().__init__(message, **common)
         self.problems = tuple(problems)
+
+
+class ChecksumMismatchError(IncompleteSnapshotError):
+    """A downloaded file's digest differs from the one the Hub's listing gives, on a re-fetch too
+    (a proxy or disk that corrupts bytes, or a repo whose listing and content disagree); nothing of it
+    was published.
+
+    :ivar path: the file in the repo.
+    :ivar expected: the listing's digest (sha256 for LFS files, git blob sha1 otherwise).
+    :ivar received: the digest of the bytes that arrived.
+    """
+
+    _FACTS = (*IncompleteSnapshotError._FACTS, "path", "expected", "received")
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        path: str | None = None,
+        expected: str | None = None,
+        received: str | None = None,
+        problems: Sequence[str] = (),
+        **common: Unpack[CommonFacts],
+    ) -> None:
+        super().__init__(message, problems=problems, **common)
+        self.path = path
+        self.expected = expected
+        self.received = received
 
 
 class LockTimeout(HubPrefetchError, TimeoutError):

@@ -1,0 +1,101 @@
+"""Publishing a verified file into huggingface_hub's cache layout, and where partial files wait.
+
+A file is published by renaming its verified partial file to ``blobs/<etag>`` and pointing each
+``snapshots/<commit>/<path>`` at it with a relative link, both replaced atomically; where the cache does
+not support symlinks (``HF_HUB_DISABLE_SYMLINKS``, some filesystems) the file itself goes into the
+snapshot, as huggingface_hub does. ``hf_hub_download(..., local_files_only=True)``, offline
+``snapshot_download`` and ``scan_cache_dir()`` then see exactly what huggingface_hub would have written.
+
+Partial files live in ``.hub_prefetch/partial/`` of the repo folder, not in ``blobs/``: huggingface_hub
+never touches them, nobody else's temp-file cleanup removes them, and only the holder of the repo lock
+opens them, so the next holder can resume a download where a dead one stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import uuid
+from collections.abc import Iterable
+from pathlib import Path, PurePosixPath
+
+from huggingface_hub.file_download import are_symlinks_supported
+
+from .. import cache, errors
+from ..prefetch.request import Request
+from ..prefetch.sidefiles import Fence
+
+__all__ = ["partial_dir", "partial_path", "publish", "safe_repo_path"]
+
+logger = logging.getLogger("hub_prefetch.engine")
+
+
+def partial_dir(req: Request) -> Path:
+    return cache.repo_folder(req.settings.cache_dir, req.repo_type, req.repo_id) / ".hub_prefetch" / "partial"
+
+
+def partial_path(req: Request, name: str) -> Path:
+    """Where the partial file of blob ``name`` (its etag, or a key when the etag is unknown) waits."""
+    folder = partial_dir(req)
+    cache.ensure_dir(folder)
+    return folder / name
+
+
+def safe_repo_path(path: str) -> PurePosixPath:
+    """A listing's file path as a relative path that stays inside the snapshot; a hostile one is refused."""
+    parts = PurePosixPath(path).parts
+    if not parts or path.startswith("/") or "\\" in path or any(p in ("", ".", "..") for p in parts):
+        raise errors.CorruptRepoFileError(f"the repo lists a file path that leaves its folder: {path!r}")
+    return PurePosixPath(*parts)
+
+
+def _link(blob: Path, pointer: Path) -> None:
+    relative = os.path.relpath(blob, pointer.parent)
+    tmp = pointer.parent / f".{pointer.name}.{uuid.uuid4().hex[:12]}.link"
+    os.symlink(relative, tmp)
+    try:
+        os.replace(tmp, pointer)  # replaces a stale link or file; never writes through it
+    except OSError:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def publish(
+    req: Request, commit: str, etag: str, paths: Iterable[str], partial: Path, *, fence: Fence
+) -> None:
+    """Publish the verified ``partial`` as blob ``etag`` and as each of ``paths`` of ``commit``.
+
+    ``fence`` is called right before the first write: an evicted lock holder publishes nothing.
+    """
+    paths = list(paths)
+    snapshot = req.snapshot(commit)
+    pointers = [snapshot / safe_repo_path(p) for p in paths]
+    blobs = cache.blobs_dir(req.settings.cache_dir, req.repo_type, req.repo_id)
+    try:
+        fence()
+        os.chmod(partial, cache.SHARED_FILE_MODE)
+        for pointer in pointers:
+            cache.ensure_dir(pointer.parent)
+        if are_symlinks_supported(req.settings.cache_dir):
+            cache.ensure_dir(blobs)
+            blob = blobs / etag
+            os.replace(partial, blob)
+            for pointer in pointers:
+                _link(blob, pointer)
+        else:
+            first, *others = pointers
+            os.replace(partial, first)
+            for pointer in others:
+                tmp = pointer.parent / f".{pointer.name}.{uuid.uuid4().hex[:12]}.copy"
+                shutil.copyfile(first, tmp)
+                os.replace(tmp, pointer)
+    except OSError as exc:
+        raise errors.CacheWriteError(
+            f"{req.label}: cannot publish {etag}: {exc.strerror or exc}",
+            path=str(exc.filename or partial),
+            errno=exc.errno,
+        ) from exc
+    logger.debug("%s: published %s as %s", req.label, etag, ", ".join(paths))
