@@ -22,7 +22,13 @@ variable                                  default      meaning
 ``HUB_PREFETCH_MAX_ATTEMPTS``             5            attempts for transient Hub errors
 ``HUB_PREFETCH_BACKOFF``                  0.5          first backoff delay in seconds (doubles)
 ``HUB_PREFETCH_BACKOFF_MAX``              20           largest backoff delay in seconds
-``HUB_PREFETCH_DOWNLOAD_WORKERS``         8            parallel file downloads
+``HUB_PREFETCH_DOWNLOAD_WORKERS``         8            connections: files, and ranges of large files,
+                                                       downloaded at once
+``HUB_PREFETCH_PART_SIZE``                64 MiB       a file of at least twice this size is split into
+                                                       ranges over several connections (bytes)
+``HUB_PREFETCH_ENGINE``                   hub_prefetch ``hub_prefetch`` (our engine: no HEAD, every byte
+                                                       hashed, resume, ranges) or ``huggingface_hub``
+                                                       (one ``hf_hub_download`` per file)
 ``HUB_PREFETCH_DEEP_VERIFY``              0            sha256 every weight file when verifying
 ========================================  ===========  ==============================================
 """
@@ -37,9 +43,10 @@ from typing import Any, Literal
 
 from .errors import InvalidRequestError
 
-__all__ = ["LockBackendName", "Settings"]
+__all__ = ["EngineName", "LockBackendName", "Settings"]
 
 LockBackendName = Literal["auto", "flock", "lease"]
+EngineName = Literal["hub_prefetch", "huggingface_hub"]
 _DEFAULT_ENDPOINT = "https://huggingface.co"
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -87,6 +94,8 @@ class Settings:
     backoff: float = 0.5
     backoff_max: float = 20.0
     download_workers: int = 8
+    part_size: int = 64 << 20
+    engine: EngineName = "hub_prefetch"
     deep_verify: bool = False
     host_id: str | None = None
 
@@ -97,6 +106,12 @@ class Settings:
         if backend not in ("auto", "flock", "lease"):
             raise InvalidRequestError(
                 f"HUB_PREFETCH_LOCK={backend!r}: expected auto, flock or lease", variable="HUB_PREFETCH_LOCK"
+            )
+        engine = os.environ.get("HUB_PREFETCH_ENGINE", "hub_prefetch").strip().lower() or "hub_prefetch"
+        if engine not in ("hub_prefetch", "huggingface_hub"):
+            raise InvalidRequestError(
+                f"HUB_PREFETCH_ENGINE={engine!r}: expected hub_prefetch or huggingface_hub",
+                variable="HUB_PREFETCH_ENGINE",
             )
         values: dict[str, Any] = {
             "cache_dir": default_cache_dir(),
@@ -111,6 +126,8 @@ class Settings:
             "backoff": _env_float("HUB_PREFETCH_BACKOFF", 0.5),
             "backoff_max": _env_float("HUB_PREFETCH_BACKOFF_MAX", 20.0),
             "download_workers": int(_env_float("HUB_PREFETCH_DOWNLOAD_WORKERS", 8) or 1),
+            "part_size": max(1 << 16, int(_env_float("HUB_PREFETCH_PART_SIZE", 64 << 20) or 0)),
+            "engine": engine,
             "deep_verify": _env_flag("HUB_PREFETCH_DEEP_VERIFY"),
             "host_id": os.environ.get("HUB_PREFETCH_HOST_ID") or None,
         }

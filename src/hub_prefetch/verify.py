@@ -38,6 +38,11 @@ class ExpectedFile:
     sha256: str | None = None
     blob_id: str | None = None
 
+    @property
+    def has_digest(self) -> bool:
+        """Can its content be checked (sha256, or a git blob id with the size it hashes)?"""
+        return bool(self.sha256 or (self.blob_id and self.size is not None))
+
     def to_json(self) -> list[Any]:
         return [self.size, self.sha256, self.blob_id]
 
@@ -65,6 +70,9 @@ class VerifyReport:
     deep: bool
     problems: tuple[Problem, ...] = ()
     repaired: tuple[str, ...] = field(default=())
+    #: files the Hub (or a mirror) gave no digest for: checked by size only, or (no size) not at all
+    unchecked: tuple[str, ...] = ()
+    unsized: tuple[str, ...] = ()
 
     @property
     def ok(self) -> bool:
@@ -77,9 +85,18 @@ class VerifyReport:
 
     def __str__(self) -> str:
         head = f"{self.repo_id}@{self.commit[:12]}: {len(self.files)} files"
+        caveat = ""
+        if self.unchecked:
+            sized = len(self.unchecked) - len(self.unsized)
+            parts = [f"{sized} size-checked only"] if sized else []
+            parts += [f"{len(self.unsized)} unverified"] if self.unsized else []
+            caveat = f" ({', '.join(parts)}: the Hub gave no digest)"
         if self.ok:
-            return f"{head}, all verified{' (sha256)' if self.deep else ''}"
-        lines = [f"{head}, {len(self.problems)} problem(s):"]
+            checked = len(self.files) - len(self.unchecked)
+            if not checked:
+                return f"{head}, none verified{caveat}"
+            return f"{head}, {'all ' if not caveat else ''}verified{' (sha256)' if self.deep else ''}{caveat}"
+        lines = [f"{head}, {len(self.problems)} problem(s){caveat}:"]
         lines += [f"  {p.kind:8s} {p.path}: {p.detail}" for p in self.problems]
         return "\n".join(lines)
 

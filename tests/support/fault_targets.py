@@ -161,23 +161,35 @@ class _FullDisk:
 
 @contextlib.contextmanager
 def disk_full_after(capacity: int | None, root: str | None = None) -> Iterator[None]:
-    """huggingface_hub's downloads get ENOSPC once the files below ``root`` would pass ``capacity`` bytes:
-    a full disk shared by every process, injected where a size-limited filesystem cannot be mounted."""
+    """Downloads get ENOSPC once the files below ``root`` would pass ``capacity`` bytes: a full disk
+    shared by every process, injected where a size-limited filesystem cannot be mounted. Both engines:
+    huggingface_hub's temp file, and the positional writes of hub-prefetch's engine."""
     if capacity is None:
         yield
         return
     file_download: Any = importlib.import_module("huggingface_hub.file_download")
     real = file_download.http_get
+    real_pwrite = os.pwrite
+
+    def pwrite(fd: int, data: Any, offset: int) -> int:
+        where = os.readlink(f"/proc/self/fd/{fd}")
+        if root is not None and where.startswith(root):
+            grows = max(0, offset + len(data) - os.fstat(fd).st_size)
+            if grows > capacity - _used_bytes(root):
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return real_pwrite(fd, data, offset)
 
     def http_get(url: str, temp_file: Any, *args: Any, **kwargs: Any) -> Any:
         where = root or os.path.dirname(os.path.dirname(str(temp_file.name)))
         return real(url, _FullDisk(temp_file, where, capacity), *args, **kwargs)
 
     file_download.http_get = http_get
+    os.pwrite = pwrite
     try:
         yield
     finally:
         file_download.http_get = real
+        os.pwrite = real_pwrite
 
 
 @contextlib.contextmanager

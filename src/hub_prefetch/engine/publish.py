@@ -27,7 +27,7 @@ from .. import cache, errors
 from ..prefetch.request import Request
 from ..prefetch.sidefiles import Fence
 
-__all__ = ["partial_dir", "partial_path", "publish", "safe_repo_path"]
+__all__ = ["link_blob", "partial_dir", "partial_path", "publish", "safe_repo_path"]
 
 logger = logging.getLogger("hub_prefetch.engine")
 
@@ -61,6 +61,23 @@ def _link(blob: Path, pointer: Path) -> None:
         with contextlib.suppress(OSError):
             os.unlink(tmp)
         raise
+
+
+def link_blob(req: Request, commit: str, etag: str, paths: Iterable[str], *, fence: Fence) -> None:
+    """Point ``paths`` of ``commit`` at the blob ``etag`` already in ``blobs/`` (checked by the caller)."""
+    blob = cache.blobs_dir(req.settings.cache_dir, req.repo_type, req.repo_id) / etag
+    pointers = [req.snapshot(commit) / safe_repo_path(p) for p in paths]
+    try:
+        fence()
+        for pointer in pointers:
+            cache.ensure_dir(pointer.parent)
+            _link(blob, pointer)
+    except OSError as exc:
+        raise errors.CacheWriteError(
+            f"{req.label}: cannot link {etag}: {exc.strerror or exc}",
+            path=str(exc.filename or blob),
+            errno=exc.errno,
+        ) from exc
 
 
 def publish(

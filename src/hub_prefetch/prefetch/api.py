@@ -128,6 +128,8 @@ def _verify(req: Request, *, deep: bool) -> VerifyReport:
         files=selection.files,
         deep=deep,
         problems=tuple(problems),
+        unchecked=tuple(f for f in selection.files if not listing[f].has_digest),
+        unsized=tuple(f for f in selection.files if listing[f].size is None),
     )
 
 

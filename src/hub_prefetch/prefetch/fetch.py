@@ -1,7 +1,9 @@
 """Downloading and repairing the files of one snapshot, under the repo lock.
 
-Each file comes through huggingface_hub's ``hf_hub_download`` pinned to the commit, with our bounded
-retries around it; files are fetched in parallel (``HUB_PREFETCH_DOWNLOAD_WORKERS``).
+By default files come through our engine (:mod:`hub_prefetch.engine`: no HEAD, every byte hashed
+against the listing, resume, ranges); with ``HUB_PREFETCH_ENGINE=huggingface_hub`` each comes through
+huggingface_hub's ``hf_hub_download`` pinned to the commit, with our bounded retries around it. Either
+way files are fetched in parallel (``HUB_PREFETCH_DOWNLOAD_WORKERS``).
 """
 
 from __future__ import annotations
@@ -18,10 +20,11 @@ from pathlib import Path
 from huggingface_hub import hf_hub_download
 
 from ..cache import blobs_dir
+from ..engine import Engine, Verdict
 from ..retry import call_with_retries
-from ..verify import ExpectedFile, Problem, check_files, clean_orphan_temps
+from ..verify import ExpectedFile, Problem, check_file, clean_orphan_temps
 from .request import Request
-from .sidefiles import Fence
+from .sidefiles import Fence, store_listing
 
 __all__ = ["Fetcher", "clean_temps", "remove_entry"]
 
@@ -96,16 +99,40 @@ class Fetcher:
         self.blobs = blobs_dir(req.settings.cache_dir, req.repo_type, req.repo_id)
         self.downloaded: list[str] = []
         self.bytes = 0
+        self.bytes_resumed = 0
+        self.verdicts: dict[str, Verdict] = {}
         self._lock = threading.Lock()
 
     def ensure(self, paths: Sequence[str]) -> None:
         """Fetch every path that is missing, dangling or of the wrong size."""
-        todo = [p for p in paths if check_files(self.snapshot, [self.listing[p]], deep=False)]
-        for p in todo:
-            problem = check_files(self.snapshot, [self.listing[p]], deep=False)
-            if problem and problem[0].kind == "size":
+        todo = []
+        for p in paths:
+            problem = check_file(self.snapshot, self.listing[p], deep=False)
+            if problem is None:
+                continue
+            if problem.kind == "size":
                 self.fence()
                 remove_entry(self.snapshot, p, blobs=self.blobs, blob_too=True)
+            todo.append(p)
+        if not todo:
+            return
+        if self.req.settings.engine == "hub_prefetch":
+            self._engine(todo)
+        else:
+            self._huggingface_hub(todo)
+
+    def _engine(self, todo: Sequence[str]) -> None:
+        outcome = Engine(self.req, self.commit, self.listing, fence=self.fence).fetch(todo)
+        self.downloaded += outcome.downloaded
+        self.bytes += outcome.bytes_received
+        self.bytes_resumed += outcome.bytes_resumed
+        self.verdicts.update(outcome.verdicts)
+        if outcome.learned:
+            # What a bare listing lacked and the responses told: kept, so `verify` checks it later.
+            self.listing.update(outcome.learned)
+            store_listing(self.req, self.commit, self.listing, fence=self.fence)
+
+    def _huggingface_hub(self, todo: Sequence[str]) -> None:
         workers = max(1, min(self.req.settings.download_workers, len(todo)))
         if workers == 1:
             for p in todo:

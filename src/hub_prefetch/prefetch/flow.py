@@ -50,6 +50,7 @@ def _result(
     fetcher: Fetcher | None = None,
     repaired: list[str] | None = None,
     waited: float = 0.0,
+    unchecked: tuple[str, ...] = (),
 ) -> PrefetchResult:
     return PrefetchResult(
         repo_id=req.repo_id,
@@ -65,6 +66,7 @@ def _result(
         warm=warm,
         waited_s=waited,
         elapsed_s=time.monotonic() - started,
+        unchecked=unchecked,
     )
 
 
@@ -73,10 +75,10 @@ def try_warm(req: Request, *, deep: bool, any_age: bool, started: float) -> Pref
     commit = known_commit(req, any_age=any_age)
     if commit is None:
         return None
-    sizes = read_stamp(req, commit, deep=deep)
-    if sizes is None or not sizes_hold(req.snapshot(commit), sizes):
+    stamp = read_stamp(req, commit, deep=deep)
+    if stamp is None or not sizes_hold(req.snapshot(commit), stamp[0]):
         return None
-    return _result(req, commit, sizes, started=started, warm=True)
+    return _result(req, commit, stamp[0], started=started, warm=True, unchecked=stamp[1])
 
 
 def select(req: Request, listing: dict[str, ExpectedFile], read: Callable[[str], bytes]) -> Selection:
@@ -120,9 +122,14 @@ def _offline(req: Request, *, deep: bool, started: float) -> PrefetchResult:
             missing=[p.path for p in problems],
         )
     sizes = {p: int(listing[p].size or 0) for p in selection.files}
+    unchecked = _unchecked(listing, selection.files)
     with contextlib.suppress(errors.CacheWriteError):
-        write_stamp(req, commit, sizes, deep=deep)
-    return _result(req, commit, sizes, started=started, warm=True)
+        write_stamp(req, commit, sizes, deep=deep, unchecked=unchecked)
+    return _result(req, commit, sizes, started=started, warm=True, unchecked=unchecked)
+
+
+def _unchecked(listing: dict[str, ExpectedFile], files: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(f for f in files if not listing[f].has_digest)
 
 
 def _fence(req: Request, lock: RepoLock) -> Callable[[], None]:
@@ -175,10 +182,27 @@ def _locked(req: Request, lock: RepoLock, *, deep: bool, started: float, waited:
                 problems=[f"{p.path}: {p.kind}" for p in problems],
             )
     sizes = {p: int(listing[p].size or 0) for p in selection.files}
+    unchecked = _unchecked(listing, selection.files)
+    if unchecked:
+        logger.warning(
+            "%s: the Hub gave no digest for %d file(s) (%s%s): checked by size only",
+            req.label,
+            len(unchecked),
+            ", ".join(unchecked[:3]),
+            ", ..." if len(unchecked) > 3 else "",
+        )
     mark_absent(req, commit, listing, fence=fence)
-    write_stamp(req, commit, sizes, deep=deep, fence=fence)
+    write_stamp(req, commit, sizes, deep=deep, unchecked=unchecked, fence=fence)
     return _result(
-        req, commit, sizes, started=started, warm=False, fetcher=fetcher, repaired=repaired, waited=waited
+        req,
+        commit,
+        sizes,
+        started=started,
+        warm=False,
+        fetcher=fetcher,
+        repaired=repaired,
+        waited=waited,
+        unchecked=unchecked,
     )
 
 
@@ -186,9 +210,10 @@ def _unwritable(req: Request, exc: errors.CacheWriteError, *, deep: bool, starte
     """A cache we cannot write (read-only mount, no permission): serve a verified snapshot if the
     revision still points at it, with zero writes; otherwise say why nothing can be done."""
     commit = known_commit(req, any_age=True)
-    sizes = read_stamp(req, commit, deep=deep) if commit else None
-    if commit is None or sizes is None or not sizes_hold(req.snapshot(commit), sizes):
+    stamp = read_stamp(req, commit, deep=deep) if commit else None
+    if commit is None or stamp is None or not sizes_hold(req.snapshot(commit), stamp[0]):
         raise exc
+    sizes, unchecked = stamp
     if not cache.is_commit_hash(req.revision):
         api = HfApi(endpoint=req.settings.endpoint, token=req.token)
         info = call_with_retries(
@@ -202,7 +227,7 @@ def _unwritable(req: Request, exc: errors.CacheWriteError, *, deep: bool, starte
                 cached_commit=commit,
                 current_commit=info.sha,
             ) from exc
-    return _result(req, commit, sizes, started=started, warm=True)
+    return _result(req, commit, sizes, started=started, warm=True, unchecked=unchecked)
 
 
 def run(

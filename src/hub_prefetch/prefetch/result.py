@@ -25,6 +25,8 @@ class PrefetchResult:
     warm: bool = False
     waited_s: float = 0.0
     elapsed_s: float = 0.0
+    #: files the Hub (or a mirror) gave no digest for: their size was checked, never their content
+    unchecked: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

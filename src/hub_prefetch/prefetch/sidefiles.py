@@ -21,7 +21,7 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
-from .. import cache
+from .. import cache, errors
 from ..retry import call_with_retries
 from ..verify import ExpectedFile
 from .request import Request
@@ -37,6 +37,7 @@ __all__ = [
     "read_listing",
     "read_stamp",
     "record_revision",
+    "store_listing",
     "write_stamp",
 ]
 
@@ -100,8 +101,9 @@ def known_commit(req: Request, *, any_age: bool) -> str | None:
     return None
 
 
-def read_stamp(req: Request, commit: str, *, deep: bool) -> dict[str, int] | None:
-    """The sizes of the files a verified stamp names, or None when there is no (deep enough) stamp."""
+def read_stamp(req: Request, commit: str, *, deep: bool) -> tuple[dict[str, int], tuple[str, ...]] | None:
+    """The sizes of the files a verified stamp names, and those of them no digest could check; None when
+    there is no (deep enough) stamp."""
     s = req.settings
     stamp = cache.read_json(
         cache.stamp_path(s.cache_dir, req.repo_type, req.repo_id, commit, req.selection_key),
@@ -110,13 +112,20 @@ def read_stamp(req: Request, commit: str, *, deep: bool) -> dict[str, int] | Non
     if not stamp or stamp.get("commit") != commit or (deep and not stamp.get("deep")):
         return None
     files = stamp.get("files")
-    if not isinstance(files, dict):
+    unchecked = stamp.get("unchecked", [])
+    if not isinstance(files, dict) or not isinstance(unchecked, list):
         return None
-    return {str(k): int(v) for k, v in files.items()}
+    return {str(k): int(v) for k, v in files.items()}, tuple(str(u) for u in unchecked)
 
 
 def write_stamp(
-    req: Request, commit: str, files: dict[str, int], *, deep: bool, fence: Fence = _no_fence
+    req: Request,
+    commit: str,
+    files: dict[str, int],
+    *,
+    deep: bool,
+    unchecked: tuple[str, ...] = (),
+    fence: Fence = _no_fence,
 ) -> None:
     s = req.settings
     fence()
@@ -130,6 +139,7 @@ def write_stamp(
             "variant": req.variant,
             "deep": deep,
             "files": files,
+            "unchecked": list(unchecked),
             "verified_at": time.time(),
         },
     )
@@ -164,6 +174,59 @@ def fetch_listing(
             (lfs.get("sha256") if isinstance(lfs, dict) else getattr(lfs, "sha256", None)) if lfs else None
         )
         listing[sib.rfilename] = ExpectedFile(sib.rfilename, sib.size, sha256, sib.blob_id)
+    if any(not _described(e) for e in listing.values()):
+        listing = _from_tree(req, api, commit, listing)
+    store_listing(req, commit, listing, fence=fence)
+    return commit, listing
+
+
+def _described(e: ExpectedFile) -> bool:
+    return e.size is not None and bool(e.sha256 or e.blob_id)
+
+
+def _from_tree(
+    req: Request, api: HfApi, commit: str, listing: dict[str, ExpectedFile]
+) -> dict[str, ExpectedFile]:
+    """Sizes and hashes from the tree listing, for an endpoint whose info answer lists names only
+    (some mirrors). Still one request for most repos (the tree is paginated); what neither gives comes
+    from the download's own response headers, and what nothing gives is reported as unchecked."""
+    logger.info("%s: the info answer lacks sizes or hashes; asking the tree listing", req.label)
+    s = req.settings
+    try:
+        entries = call_with_retries(
+            lambda: list(
+                api.list_repo_tree(req.repo_id, repo_type=req.repo_type, revision=commit, recursive=True)
+            ),
+            what=f"{req.repo_id}@{commit[:12]} tree",
+            settings=s,
+        )
+    except errors.HubAccessError as exc:
+        # A mirror without the tree API: the files' own responses are the last source of sizes and hashes.
+        logger.info("%s: no tree listing either (%s)", req.label, exc)
+        return listing
+    filled = dict(listing)
+    for entry in entries:
+        path = getattr(entry, "path", None)
+        if path not in listing or _described(listing[path]) or not hasattr(entry, "size"):
+            continue
+        lfs = getattr(entry, "lfs", None)
+        sha256 = (
+            (lfs.get("sha256") if isinstance(lfs, dict) else getattr(lfs, "sha256", None)) if lfs else None
+        )
+        old = listing[path]
+        filled[path] = ExpectedFile(
+            path,
+            old.size if old.size is not None else entry.size,
+            old.sha256 or sha256,
+            old.blob_id or getattr(entry, "blob_id", None),
+        )
+    return filled
+
+
+def store_listing(
+    req: Request, commit: str, listing: dict[str, ExpectedFile], *, fence: Fence = _no_fence
+) -> None:
+    s = req.settings
     fence()
     cache.atomic_write_json(
         cache.listing_path(s.cache_dir, req.repo_type, req.repo_id, commit),
@@ -173,7 +236,6 @@ def fetch_listing(
             "files": {p: e.to_json() for p, e in sorted(listing.items())},
         },
     )
-    return commit, listing
 
 
 def listed_path(req: Request, commit: str, name: str) -> bool:

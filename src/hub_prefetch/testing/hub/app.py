@@ -44,7 +44,7 @@ from urllib.parse import quote, unquote, urlencode
 from aiohttp import web
 
 from ..store import RepoStore, StoredFile
-from .faults import FaultSet, Throttle
+from .faults import LISTING_MODES, FaultSet, Throttle
 
 __all__ = ["READY", "HubApp", "run_server"]
 
@@ -121,6 +121,7 @@ class HubApp:
             "t_end": None,
             "complete": False,
             "fault": None,
+            "auth": "Authorization" in request.headers,
         }
         self.log.append(rec)
         try:
@@ -309,6 +310,7 @@ class HubApp:
     ) -> dict[str, Any]:
         files = self.store.files(repo_id, commit, repo_type=repo_type)
         blobs = request.query.get("blobs", "").lower() in ("1", "true")
+        blobs = blobs and self.faults.listing_mode == "full"
         siblings: list[dict[str, Any]] = []
         for path, f in sorted(files.items()):
             sib: dict[str, Any] = {"rfilename": path}
@@ -385,6 +387,8 @@ class HubApp:
 
     def _tree(self, request: web.Request, t: _Target, commit: str) -> web.Response:
         assert t.repo_type is not None and t.repo_id is not None
+        if self.faults.listing_mode == "bare":
+            raise _HubError(404, None, "Not Found: this mirror has no tree API")
         files = self.store.files(t.repo_id, commit, repo_type=t.repo_type)
         base = t.path
         recursive = request.query.get("recursive", "").lower() in ("1", "true")
@@ -452,6 +456,8 @@ class HubApp:
             "Content-Type": "application/octet-stream",
             "Content-Disposition": f'inline; filename="{Path(f.path).name}"',
         }
+        if self.faults.listing_mode == "bare":
+            del headers["ETag"]
         if self.redirect_lfs and f.is_lfs and not t.cdn:
             prefix = "" if t.repo_type == "model" else f"{t.repo_type}s/"
             location = f"{self.cdn_origin}/_cdn/{prefix}{t.repo_id}/resolve/{commit}/{quote(f.path)}"
@@ -467,7 +473,8 @@ class HubApp:
             return web.Response(status=302, headers=headers)
         if f.is_lfs:
             headers["X-Linked-Size"] = str(f.size)
-            headers["X-Linked-Etag"] = f'"{f.sha256}"'
+            if self.faults.listing_mode != "bare":
+                headers["X-Linked-Etag"] = f'"{f.sha256}"'
         start, end = 0, f.size - 1
         status = 200
         range_header = request.headers.get("Range")
@@ -594,6 +601,10 @@ class HubApp:
             faults.set_bandwidth(body.get("rate"), bool(body.get("shared", True)))
         elif op == "latency":
             faults.metadata_latency = float(body["seconds"])
+        elif op == "listing_mode":
+            if body["mode"] not in LISTING_MODES:
+                return web.json_response({"error": f"unknown listing mode {body['mode']!r}"}, status=400)
+            faults.listing_mode = str(body["mode"])
         elif op == "log":
             return web.json_response(self.log)
         elif op == "reset_log":

@@ -286,12 +286,18 @@ class LocalHub:
         """Delay every answer but file bodies (info, tree, HEAD, other API calls) by ``seconds``."""
         self._send("latency", {"seconds": seconds})
 
+    def set_listing_mode(self, mode: str) -> None:
+        """Answer as a mirror would: ``"full"`` (the Hub), ``"bare-info"`` (the info answer names files
+        without sizes or hashes; the tree has them) or ``"bare"`` (no tree API, no ``ETag``: only the
+        length describes a file). :meth:`clear_faults` restores ``"full"``."""
+        self._send("listing_mode", {"mode": mode})
+
     def clear_fault(self, fault_id: int) -> None:
         """Remove one fault; a stall or hold it set lets its requests go on."""
         self._send("clear", {"id": fault_id})
 
     def clear_faults(self) -> None:
-        """Remove every fault, the bandwidth limit and the metadata latency."""
+        """Remove every fault, the bandwidth limit and the metadata latency; the full listing again."""
         if self.url:
             self._call("clear_all", {})
         else:

@@ -7,9 +7,13 @@ import fnmatch
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["FAULT_KINDS", "FaultSet", "Rule", "Throttle"]
+__all__ = ["FAULT_KINDS", "LISTING_MODES", "FaultSet", "Rule", "Throttle"]
 
 FAULT_KINDS = ("fail", "drop", "stall", "hold", "corrupt")
+#: How much the server tells about files, as mirrors differ: ``full`` (the Hub), ``bare-info`` (the info
+#: answer names files without sizes or hashes; the tree listing has them), ``bare`` (no tree API either, and
+#: no ``ETag`` on file answers: only the length says anything about a file).
+LISTING_MODES = ("full", "bare-info", "bare")
 
 
 @dataclass
@@ -62,6 +66,7 @@ class FaultSet:
         self.shared_bandwidth = True
         self.shared_throttle: Throttle | None = None
         self.metadata_latency = 0.0
+        self.listing_mode = "full"
         self.stopping = asyncio.Event()
         self.arrivals = asyncio.Condition()
 
@@ -97,6 +102,7 @@ class FaultSet:
         self.bandwidth = None
         self.shared_throttle = None
         self.metadata_latency = 0.0
+        self.listing_mode = "full"
 
     def release(self, fault_id: int) -> None:
         """Let parked requests of a hold go on, and stop parking later ones."""
@@ -128,6 +134,7 @@ class FaultSet:
             "bandwidth": self.bandwidth,
             "shared_bandwidth": self.shared_bandwidth,
             "metadata_latency": self.metadata_latency,
+            "listing_mode": self.listing_mode,
             "rules": [
                 {"id": r.id, "kind": r.kind, "glob": r.glob, "method": r.method, "remaining": r.remaining}
                 for r in self.rules.values()

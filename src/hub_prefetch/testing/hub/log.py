@@ -42,6 +42,8 @@ class RequestRecord:
     range_start: int | None = None
     range_end: int | None = None
     fault: str | None = None
+    #: whether the request carried an ``Authorization`` header (a token must never reach the CDN)
+    auth: bool = False
 
     @property
     def full_body(self) -> bool:
