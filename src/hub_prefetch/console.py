@@ -58,6 +58,7 @@ class StatusLine:
         self._started = time.monotonic()
         self._first_byte: float | None = None
         self._drawn = False
+        self._transfer: tuple[int, int, float] | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._frame = 0
@@ -70,6 +71,10 @@ class StatusLine:
 
     def waiting(self, message: str | None) -> None:
         self._waiting = message
+
+    def transfer(self, done: int, total: int, rate: float) -> None:
+        """The engine's own count (:func:`hub_prefetch.engine.observe`): bytes, rate and time left."""
+        self._transfer = (done, total, rate)
 
     def _scan(self) -> dict[str, int]:
         sizes: dict[str, int] = {}
@@ -85,6 +90,13 @@ class StatusLine:
         elapsed = time.monotonic() - self._started
         if self._waiting:
             return f"{self.label}: {self._waiting}"
+        if self._transfer is not None:
+            done, total, rate = self._transfer
+            eta = f", {human_seconds((total - done) / rate)} left" if rate > 0 and total > done else ""
+            return (
+                f"{self.label}: {human_bytes(done)} of {human_bytes(total)} ({human_bytes(rate)}/s){eta}, "
+                f"{elapsed:.0f} s"
+            )
         now = self._scan()
         arrived = sum(size for name, size in now.items() if self._baseline.get(name) != size)
         if arrived:

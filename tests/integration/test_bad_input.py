@@ -155,7 +155,9 @@ def test_wrong_token_on_a_gated_repo_is_refused_at_once(probe):
     p = probe()
     exc = p(hub_prefetch.prefetch, "tiny/gated", [""], token="hf_not_the_token")
     assert isinstance(exc, errors.GatedRepoError), repr(exc)
-    assert p.hub.counts()["get"] == 0
+    # The engine asks no HEAD: its first GET is refused, and not one byte of the gated files is served.
+    assert p.hub.bytes_served() == 0
+    assert all(r.status == 401 for r in p.hub.requests() if r.kind in ("get", "head"))
     p.assert_no_retry()
     p.assert_contained()
 

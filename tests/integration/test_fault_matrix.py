@@ -154,6 +154,9 @@ def test_downloader_sigkilled_at_a_random_byte_of_a_shard(
             lambda: any(r.fault == "stall" and r.bytes_sent == cut for r in _partial_gets(local_hub, shard)),
             what="the downloader parked mid-shard",
         )
+        # Killed once its partial file holds every byte the Hub sent (none still in socket buffers).
+        etag = _etag(hub_store, built, shard)
+        wait_until(lambda: _partials(cache).get(etag) == cut, what="the sent bytes written")
         victim.kill(0)
         (dead,) = victim.results(timeout=30)
     assert dead.error_type == "Killed"
@@ -161,8 +164,7 @@ def test_downloader_sigkilled_at_a_random_byte_of_a_shard(
     (parked,) = _partial_gets(local_hub, shard)
     assert parked.bytes_sent == cut
     partials = _partials(cache)
-    # The bytes the dead one had written (the rest of `cut` was still in socket buffers): the case under test.
-    assert 0 < partials.get(_etag(hub_store, built, shard), 0) <= cut, partials
+    assert partials.get(etag) == cut, partials  # the dead one's partial shard: the case under test
     # Whatever else was in flight may or may not have reached the disk: what is stored is not fetched again.
     stored = _stored_blobs(cache)
     missing = {p: size for p, size in needed.items() if _etag(hub_store, built, p) not in stored}

@@ -103,8 +103,9 @@ def test_error_tree_roots():
     assert issubclass(errors.LockTimeout, TimeoutError)
     assert issubclass(errors.RepoNotFound, OSError)
     assert issubclass(errors.InvalidRequestError, ValueError)
+    assert issubclass(errors.ChecksumMismatchError, errors.IncompleteSnapshotError)
     classes = [getattr(errors, n) for n in errors.__all__ if isinstance(getattr(errors, n), type)]
-    assert len(classes) == 16 and all(issubclass(c, errors.HubPrefetchError) for c in classes)
+    assert len(classes) == 17 and all(issubclass(c, errors.HubPrefetchError) for c in classes)
 
 
 def test_cache_miss_of_a_pinned_offline_load_is_the_missing_file_shape():

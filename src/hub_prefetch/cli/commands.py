@@ -16,6 +16,7 @@ from .. import cache, errors
 from ..console import StatusLine, human_bytes, human_seconds
 from ..demo import run_demo
 from ..doctor import diagnose
+from ..engine import observe
 from ..lock import LockInfo, list_locks
 from ..prefetch import PrefetchResult, prefetch, repair, verify
 from ..settings import Settings
@@ -98,6 +99,10 @@ def _result_lines(result: PrefetchResult) -> list[str]:
             f"  fetched   {len(result.downloaded)} file(s), {human_bytes(result.bytes_downloaded)}"
             + (f"; repaired {len(result.repaired)}" if result.repaired else "")
         )
+    if result.unchecked:
+        lines.append(
+            f"  checked   {len(result.unchecked)} file(s) by size only: the Hub gave no digest for them"
+        )
     waited = f" ({human_seconds(result.waited_s)} waiting for the lock)" if result.waited_s >= 0.05 else ""
     lines.append(f"  time      {human_seconds(result.elapsed_s)}{waited}")
     return lines
@@ -109,7 +114,7 @@ def _result_lines(result: PrefetchResult) -> list[str]:
 def _cmd_warm(ctx: Context) -> int:
     args = ctx.args
     _watch(ctx)
-    with ctx.status:
+    with ctx.status, observe(ctx.status.transfer):
         result = prefetch(
             args.repo, _subfolders(args), deep=True if args.deep else None, **_request_kwargs(ctx)
         )
@@ -143,7 +148,7 @@ def _cmd_repair(ctx: Context) -> int:
     except (errors.CorruptRepoFileError, errors.OfflineCacheMissError):
         pass  # a broken local index or listing is for the repair to fix; it re-reads them under the lock
     _watch(ctx)
-    with ctx.status:
+    with ctx.status, observe(ctx.status.transfer):
         result = repair(args.repo, _subfolders(args), deep=args.deep, **_request_kwargs(ctx))
     fixed = sorted(set(result.downloaded) | set(result.repaired))
     fixed_kinds = {p: kinds.get(p, "hash" if p in result.repaired else "bad") for p in fixed}

@@ -51,6 +51,13 @@ def safe_repo_path(path: str) -> PurePosixPath:
     return PurePosixPath(*parts)
 
 
+def _check_inside(snapshot: Path, pointer: Path) -> None:
+    """Refuse to write through a folder link planted in the snapshot (a shared cache is group-writable)."""
+    real = os.path.realpath(snapshot)
+    if os.path.commonpath([os.path.realpath(pointer.parent), real]) != real:
+        raise OSError(f"{pointer.parent} leads out of the snapshot")
+
+
 def _link(blob: Path, pointer: Path) -> None:
     relative = os.path.relpath(blob, pointer.parent)
     tmp = pointer.parent / f".{pointer.name}.{uuid.uuid4().hex[:12]}.link"
@@ -71,6 +78,7 @@ def link_blob(req: Request, commit: str, etag: str, paths: Iterable[str], *, fen
         fence()
         for pointer in pointers:
             cache.ensure_dir(pointer.parent)
+            _check_inside(req.snapshot(commit), pointer)
             _link(blob, pointer)
     except OSError as exc:
         raise errors.CacheWriteError(
@@ -96,6 +104,7 @@ def publish(
         os.chmod(partial, cache.SHARED_FILE_MODE)
         for pointer in pointers:
             cache.ensure_dir(pointer.parent)
+            _check_inside(snapshot, pointer)
         if are_symlinks_supported(req.settings.cache_dir):
             cache.ensure_dir(blobs)
             blob = blobs / etag
