@@ -7,6 +7,9 @@ from __future__ import annotations
 import hashlib
 import itertools
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +18,7 @@ from huggingface_hub import hf_hub_download, scan_cache_dir, snapshot_download
 import hub_prefetch
 from hub_prefetch import errors
 from hub_prefetch.cache import repo_folder
+from hub_prefetch.engine.parts import read_record
 from hub_prefetch.testing import LocalHub
 from hub_prefetch.testing.pytest_plugin import GATED_TOKEN
 
@@ -197,3 +201,58 @@ def test_an_unknown_engine_is_a_typed_error(monkeypatch):
     monkeypatch.setenv("HUB_PREFETCH_ENGINE", "curl")
     with pytest.raises(errors.InvalidRequestError, match="HUB_PREFETCH_ENGINE"):
         hub_prefetch.prefetch(SHARDED, [SUB])
+
+
+def test_a_partial_file_of_another_commit_is_pruned(local_hub, hf_cache):
+    folder = repo_folder(hf_cache, "model", SHARDED) / ".hub_prefetch" / "partial"
+    folder.mkdir(parents=True)
+    (folder / ("f" * 64)).write_bytes(b"an old commit's file, half downloaded")
+    (folder / ("f" * 64 + ".parts")).write_bytes(b"junk")
+    hub_prefetch.prefetch(SHARDED, [SUB], cache_dir=hf_cache)
+    assert _partials(hf_cache) == []
+
+
+def test_a_split_download_killed_mid_way_is_resumed_range_by_range(
+    local_hub, hub_store, built_repos, hf_cache, hf_env
+):
+    """A holder downloading one file in ranges is SIGKILLed; the next one reads the ranges' record and
+    asks only for what is not on disk: no byte the dead one wrote is served again."""
+    size = _needed(hub_store, built_repos["sharded"], [SHARD1])[SHARD1]
+    env = {
+        **os.environ,
+        **hf_env,
+        "HUB_PREFETCH_PART_SIZE": str(64 * 1024),
+        "HUB_PREFETCH_ENGINE": "hub_prefetch",
+    }
+    local_hub.set_bandwidth(300_000)
+    code = f"import hub_prefetch; hub_prefetch.prefetch({SHARDED!r}, [{SUB!r}], cache_dir={str(hf_cache)!r})"
+    victim = subprocess.Popen([sys.executable, "-c", code], env=env)
+    stored = hub_store.files(SHARDED, built_repos["sharded"].commit)[SHARD1]
+    record = repo_folder(hf_cache, "model", SHARDED) / ".hub_prefetch" / "partial" / f"{stored.sha256}.parts"
+    try:
+        deadline = time.monotonic() + 60
+        while not (record.exists() and _record_done(record) > size // 3):
+            assert victim.poll() is None and time.monotonic() < deadline, "never got a third of the way"
+            time.sleep(0.02)
+        victim.kill()
+        victim.wait(30)
+    finally:
+        victim.kill()
+    done = _record_done(record)
+    local_hub.set_bandwidth(None)
+    local_hub.reset_log()
+    env_part = {"HUB_PREFETCH_PART_SIZE": str(64 * 1024)}
+    os.environ.update(env_part)
+    try:
+        result = hub_prefetch.prefetch(SHARDED, [SUB], cache_dir=hf_cache)
+    finally:
+        for k in env_part:
+            del os.environ[k]
+    assert local_hub.bytes_served(SHARD1) == size - done
+    assert hashlib.sha256((Path(result.snapshot_path) / SHARD1).read_bytes()).hexdigest() == stored.sha256
+    print(f"\nkilled at {done} of {size} bytes; the next holder fetched {size - done}")
+
+
+def _record_done(record: Path) -> int:
+    parts = read_record(record, size=int.from_bytes(record.read_bytes()[8:16], "little"))
+    return sum(p.done for p in parts or [])

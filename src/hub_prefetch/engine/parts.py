@@ -19,7 +19,7 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Part", "PartsRecord", "drop_parts", "load_parts", "plan_parts", "sidecar"]
+__all__ = ["Part", "PartsRecord", "drop_parts", "load_parts", "plan_parts", "read_record", "sidecar"]
 
 _MAGIC = b"HPFPART1"
 _HEAD = struct.Struct("<8sQQ")  # magic, file size, number of parts
@@ -58,7 +58,7 @@ def sidecar(partial: Path) -> Path:
     return partial.with_name(partial.name + ".parts")
 
 
-def _read_record(path: Path, size: int) -> list[Part] | None:
+def read_record(path: Path, size: int) -> list[Part] | None:
     try:
         raw = path.read_bytes()
     except OSError:
@@ -90,7 +90,7 @@ def load_parts(partial: Path, size: int | None, planned: list[Part]) -> list[Par
         return planned
     if size is None:
         return planned
-    recorded = _read_record(sidecar(partial), size)
+    recorded = read_record(sidecar(partial), size)
     if recorded is not None:
         return recorded
     if len(planned) == 1 and not os.path.exists(sidecar(partial)):

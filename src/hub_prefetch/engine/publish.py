@@ -27,7 +27,7 @@ from .. import cache, errors
 from ..prefetch.request import Request
 from ..prefetch.sidefiles import Fence
 
-__all__ = ["link_blob", "partial_dir", "partial_path", "publish", "safe_repo_path"]
+__all__ = ["link_blob", "partial_dir", "partial_path", "prune_partials", "publish", "safe_repo_path"]
 
 logger = logging.getLogger("hub_prefetch.engine")
 
@@ -41,6 +41,25 @@ def partial_path(req: Request, name: str) -> Path:
     folder = partial_dir(req)
     cache.ensure_dir(folder)
     return folder / name
+
+
+def prune_partials(req: Request, keep: set[str]) -> list[str]:
+    """Remove partial files (and their range records) whose names are not in ``keep``: downloads of
+    files the commit being fetched does not have. Only a lock holder calls this, as only it opens them."""
+    folder = partial_dir(req)
+    removed: list[str] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        if entry.name.split(".", 1)[0] not in keep:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed.append(entry.name)
+    if removed:
+        logger.info("%s: removed %d partial file(s) of other commits", req.label, len(removed))
+    return removed
 
 
 def safe_repo_path(path: str) -> PurePosixPath:

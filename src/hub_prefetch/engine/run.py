@@ -117,6 +117,10 @@ class Engine:
             raise self._error
         return self.outcome
 
+    def partial_names(self) -> set[str]:
+        """The names this commit's files would have as partial files (see :meth:`_jobs`)."""
+        return {etag_of(e) or cache.key_hash("partial", self.commit, p) for p, e in self.listing.items()}
+
     # -- planning -------------------------------------------------------------------------------------
     def _jobs(self, paths: Sequence[str]) -> list[FileJob]:
         s = self.req.settings
@@ -124,7 +128,7 @@ class Engine:
         for path in paths:
             expected = self.listing[path]
             etag = etag_of(expected)
-            name = etag or cache.key_hash("partial", self.commit, path)
+            name = etag or cache.key_hash("partial", self.commit, path)  # as in partial_names
             if name in by_blob:
                 by_blob[name].paths.append(path)
                 continue

@@ -21,6 +21,7 @@ from huggingface_hub import hf_hub_download
 
 from ..cache import blobs_dir
 from ..engine import Engine, Verdict
+from ..engine.publish import prune_partials
 from ..retry import call_with_retries
 from ..verify import ExpectedFile, Problem, check_file, clean_orphan_temps
 from .request import Request
@@ -101,6 +102,7 @@ class Fetcher:
         self.bytes = 0
         self.bytes_resumed = 0
         self.verdicts: dict[str, Verdict] = {}
+        self._pruned = False
         self._lock = threading.Lock()
 
     def ensure(self, paths: Sequence[str]) -> None:
@@ -126,7 +128,12 @@ class Fetcher:
             self._huggingface_hub(todo)
 
     def _engine(self, todo: Sequence[str]) -> None:
-        outcome = Engine(self.req, self.commit, self.listing, fence=self.fence).fetch(todo)
+        engine = Engine(self.req, self.commit, self.listing, fence=self.fence)
+        if not self._pruned:
+            self._pruned = True
+            self.fence()
+            prune_partials(self.req, engine.partial_names())
+        outcome = engine.fetch(todo)
         self.downloaded += outcome.downloaded
         self.bytes += outcome.bytes_received
         self.bytes_resumed += outcome.bytes_resumed
