@@ -64,8 +64,8 @@ def prune_partials(req: Request, keep: set[str]) -> list[str]:
 
 def safe_repo_path(path: str) -> PurePosixPath:
     """A listing's file path as a relative path that stays inside the snapshot; a hostile one is refused."""
-    parts = PurePosixPath(path).parts
-    if not parts or path.startswith("/") or "\\" in path or any(p in ("", ".", "..") for p in parts):
+    parts = path.split("/")
+    if "\\" in path or "\0" in path or any(p in ("", ".", "..") for p in parts):
         raise errors.CorruptRepoFileError(f"the repo lists a file path that leaves its folder: {path!r}")
     return PurePosixPath(*parts)
 
