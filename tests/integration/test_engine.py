@@ -189,6 +189,17 @@ def test_redirects_to_the_cdn_are_followed_without_the_token(hub_store, built_re
     assert result.bytes_downloaded == result.bytes_total
 
 
+def test_ranges_follow_the_redirect_to_the_cdn(hub_store, tmp_path, monkeypatch):
+    monkeypatch.setenv("HUB_PREFETCH_PART_SIZE", str(128 * 1024))
+    with LocalHub(hub_store, redirect_lfs=True) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        result = hub_prefetch.prefetch(SHARDED, [SUB], cache_dir=tmp_path)
+        records = hub.requests()
+    ranged = [r for r in records if r.filename == SHARD1 and r.path.startswith("/_cdn/")]
+    assert len(ranged) >= 4 and all(r.status == 206 and r.range_start is not None for r in ranged)
+    assert sum(r.bytes_sent for r in records if r.kind == "get") == result.bytes_total
+
+
 def test_the_huggingface_hub_engine_is_still_there(local_hub, hf_cache, monkeypatch):
     monkeypatch.setenv("HUB_PREFETCH_ENGINE", "huggingface_hub")
     result = hub_prefetch.prefetch(SHARDED, [SUB], cache_dir=hf_cache)
