@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import logging
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -18,7 +20,9 @@ from huggingface_hub import hf_hub_download, scan_cache_dir, snapshot_download
 import hub_prefetch
 from hub_prefetch import errors
 from hub_prefetch.cache import repo_folder
+from hub_prefetch.engine import Engine
 from hub_prefetch.engine.parts import read_record
+from hub_prefetch.prefetch import Request, fetch_listing
 from hub_prefetch.testing import LocalHub
 from hub_prefetch.testing.pytest_plugin import GATED_TOKEN
 
@@ -267,3 +271,30 @@ def test_a_split_download_killed_mid_way_is_resumed_range_by_range(
 def _record_done(record: Path) -> int:
     parts = read_record(record, size=int.from_bytes(record.read_bytes()[8:16], "little"))
     return sum(p.done for p in parts or [])
+
+
+def test_two_holders_on_one_partial_file_both_end_with_the_published_blob(
+    local_hub, hub_store, built_repos, hf_cache, caplog
+):
+    """The window a lease cannot close: a holder evicted mid-file and its successor write the same partial
+    file. Forced here: A's GET is parked, B downloads and publishes the file, then A goes on. A's bytes are
+    the same bytes, and its publish finds the file gone: it links the blob B published, verified."""
+    caplog.set_level(logging.INFO, logger="hub_prefetch.engine")
+    req = Request.build(SHARDED, [SUB], cache_dir=hf_cache)
+    commit, listing = fetch_listing(req, "main")
+    outcomes: dict[str, object] = {}
+    with local_hub.hold(f"*/resolve/*/{SHARD2}") as hold:
+        a = threading.Thread(
+            target=lambda: outcomes.update(a=Engine(req, commit, listing, fence=lambda: None).fetch([SHARD2]))
+        )
+        a.start()
+        hold.wait_arrived()
+        outcomes["b"] = Engine(req, commit, listing, fence=lambda: None).fetch([SHARD2])
+    a.join(60)
+    assert set(outcomes) == {"a", "b"}
+    stored = hub_store.files(SHARDED, built_repos["sharded"].commit)[SHARD2]
+    target = req.snapshot(commit) / SHARD2
+    assert hashlib.sha256(target.read_bytes()).hexdigest() == stored.sha256
+    assert Path(os.path.realpath(target)).name == stored.sha256
+    assert _partials(hf_cache) == []
+    assert "was published by another holder" in caplog.text

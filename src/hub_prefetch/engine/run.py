@@ -10,6 +10,7 @@ threads are daemons so a connection stuck in a read can never hold the interpret
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import queue
@@ -309,7 +310,23 @@ class Engine:
         etag = etag_of(job.expected) or cache.key_hash("unverified", self.commit, job.paths[0])
         job.close()
         self.fence(force=True)
-        publish(self.req, self.commit, etag, job.paths, job.partial, fence=self._fence)
+        try:
+            publish(self.req, self.commit, etag, job.paths, job.partial, fence=self._fence)
+        except errors.CacheWriteError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+            # The partial file went away under us: a holder that took the lock from us published it (then
+            # the fence says so), or an evicted one we replaced did. Its bytes are the same bytes: link
+            # the published blob once it hashes right, else fetch the file again.
+            self.fence(force=True)
+            if not (etag_of(job.expected) and self._have_blob(etag, job.expected)):
+                if job.attempt > 1:
+                    raise
+                job.attempt = 2
+                self._start(job, fresh=True)
+                return
+            logger.info("%s: %s was published by another holder; linking it", self.req.label, job.paths[0])
+            link_blob(self.req, self.commit, etag, job.paths, fence=self._fence)
         drop_parts(job.partial)
         with self._lock:
             self._open_jobs.discard(job)
