@@ -106,14 +106,16 @@ def plant_stale_lease(cache: Path, repo_id: str, ttl: float) -> None:
 
 
 def _writing_temp_file(pid: int) -> bool:
-    """Whether ``pid`` has a huggingface_hub download temp file (``*.incomplete``) open: a downloader."""
+    """Whether ``pid`` has a download's temp file open (huggingface_hub's ``*.incomplete``, or a partial
+    file of hub-prefetch's engine): a downloader."""
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
         return False
     for fd in fds:
         with contextlib.suppress(OSError):
-            if os.readlink(f"/proc/{pid}/fd/{fd}").endswith(".incomplete"):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.endswith(".incomplete") or "/.hub_prefetch/partial/" in target:
                 return True
     return False
 
