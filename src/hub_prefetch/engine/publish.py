@@ -18,7 +18,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
 from huggingface_hub.file_download import are_symlinks_supported
@@ -92,17 +92,32 @@ def _link(blob: Path, pointer: Path) -> None:
 def link_blob(req: Request, commit: str, etag: str, paths: Iterable[str], *, fence: Fence) -> None:
     """Point ``paths`` of ``commit`` at the blob ``etag`` already in ``blobs/`` (checked by the caller)."""
     blob = cache.blobs_dir(req.settings.cache_dir, req.repo_type, req.repo_id) / etag
-    pointers = [req.snapshot(commit) / safe_repo_path(p) for p in paths]
-    try:
+    pointers = _pointers(req, commit, paths)
+    with _writing(req, f"link {etag}", blob):
         fence()
         for pointer in pointers:
-            cache.ensure_dir(pointer.parent)
-            _check_inside(req.snapshot(commit), pointer)
             _link(blob, pointer)
+
+
+def _pointers(req: Request, commit: str, paths: Iterable[str]) -> list[Path]:
+    """The snapshot entries of ``paths``, their folders created inside the snapshot (never through a link)."""
+    snapshot = req.snapshot(commit)
+    pointers = [snapshot / safe_repo_path(p) for p in paths]
+    with _writing(req, "create the snapshot folders", snapshot):
+        for pointer in pointers:
+            cache.ensure_dir(pointer.parent)
+            _check_inside(snapshot, pointer)
+    return pointers
+
+
+@contextlib.contextmanager
+def _writing(req: Request, what: str, path: Path) -> Iterator[None]:
+    try:
+        yield
     except OSError as exc:
         raise errors.CacheWriteError(
-            f"{req.label}: cannot link {etag}: {exc.strerror or exc}",
-            path=str(exc.filename or blob),
+            f"{req.label}: cannot {what}: {exc.strerror or exc}",
+            path=str(exc.filename or path),
             errno=exc.errno,
         ) from exc
 
@@ -115,15 +130,11 @@ def publish(
     ``fence`` is called right before the first write: an evicted lock holder publishes nothing.
     """
     paths = list(paths)
-    snapshot = req.snapshot(commit)
-    pointers = [snapshot / safe_repo_path(p) for p in paths]
     blobs = cache.blobs_dir(req.settings.cache_dir, req.repo_type, req.repo_id)
-    try:
-        fence()
+    fence()
+    pointers = _pointers(req, commit, paths)
+    with _writing(req, f"publish {etag}", partial):
         os.chmod(partial, cache.SHARED_FILE_MODE)
-        for pointer in pointers:
-            cache.ensure_dir(pointer.parent)
-            _check_inside(snapshot, pointer)
         if are_symlinks_supported(req.settings.cache_dir):
             cache.ensure_dir(blobs)
             blob = blobs / etag
@@ -137,10 +148,4 @@ def publish(
                 tmp = pointer.parent / f".{pointer.name}.{uuid.uuid4().hex[:12]}.copy"
                 shutil.copyfile(first, tmp)
                 os.replace(tmp, pointer)
-    except OSError as exc:
-        raise errors.CacheWriteError(
-            f"{req.label}: cannot publish {etag}: {exc.strerror or exc}",
-            path=str(exc.filename or partial),
-            errno=exc.errno,
-        ) from exc
     logger.debug("%s: published %s as %s", req.label, etag, ", ".join(paths))

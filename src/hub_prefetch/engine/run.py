@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from .. import cache, errors
 from ..prefetch.request import Request
 from ..prefetch.sidefiles import Fence
-from ..retry import backoff_delay, classify
+from ..retry import transient_or_raise
 from ..verify import ExpectedFile
 from .digest import Digest, Verdict, etag_of
 from .http import RangeIgnored, file_url, open_part
@@ -231,17 +231,8 @@ class Engine:
             except Cancelled:
                 raise
             except Exception as exc:
-                verdict = classify(exc, what=what)
-                if not verdict.retry:
-                    if verdict.error is exc:
-                        raise
-                    raise verdict.error from exc
-                attempts = 1 if part.done > before else attempts + 1
-                if attempts >= s.max_attempts:
-                    raise errors.HubUnavailableError(
-                        f"{what}: still failing after {attempts} attempts: {exc}", attempts=attempts
-                    ) from exc
-                delay = backoff_delay(attempts, first=s.backoff, cap=s.backoff_max, hint=verdict.delay)
+                attempts = 1 if part.done > before else attempts + 1  # progress starts the count again
+                delay = transient_or_raise(exc, what=what, attempt=attempts, settings=s)
                 logger.info("%s: %s; resuming at byte %d in %.2f s", what, exc, part.offset, delay)
                 if self.cancel.wait(delay):
                     raise Cancelled() from exc
