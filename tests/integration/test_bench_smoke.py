@@ -57,9 +57,16 @@ def test_bench_runner_writes_table(tmp_path: Path) -> None:
         ("hub-prefetch", "cold"),
         ("hub-prefetch", "warm"),
     }
+    race = ("does not appear to have", "ignore_mismatched_sizes")
     for c in cells:
         assert c["n"] == 2
-        assert c["ok"] == 2, c["errors"]
+        if c["approach"] == "plain":
+            # Plain loading may lose the upstream race it is measured against (old stack, loaded machine):
+            # that is its documented failure, never anything else.
+            assert all(any(shape in e for shape in race) for e in c["errors"]), c["errors"]
+            assert c["ok"] + len(c["errors"]) == 2, c
+        else:
+            assert c["ok"] == 2, c["errors"]
     by = {(c["approach"], c["cache"]): c for c in cells}
     # The accounting comes from the server log: a cold run fetched the weights, hub-prefetch's warm run
     # asked the Hub nothing.

@@ -40,6 +40,14 @@ _FENCE_EVERY_S = 0.5
 _JOIN_S = 1.0
 
 
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    """``pwrite`` until every byte is down: a filesystem running out of space writes short first."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
 class Cancelled(Exception):
     """Raised inside a connection when the download as a whole is being stopped."""
 
@@ -252,7 +260,7 @@ class Engine:
                     break
                 offset = part.offset
                 try:
-                    os.pwrite(job.fd, chunk, offset)
+                    _write_all(job.fd, chunk, offset)
                 except OSError as exc:
                     raise self._cache_error(exc, job) from exc
                 job.wrote(part, offset, chunk)
