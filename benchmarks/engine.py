@@ -243,17 +243,17 @@ def _hwm_kb(pid: int) -> int:
     return 0
 
 
-def _reap(proc: subprocess.Popen[bytes], deadline: float) -> tuple[int, float]:
-    """Wait for ``proc`` (killed at ``deadline``): its exit status and peak RSS in MB.
+def _reap(proc: subprocess.Popen[bytes], deadline: float) -> tuple[int, float, float]:
+    """Wait for ``proc`` (killed at ``deadline``): its exit status, peak RSS in MB and CPU seconds.
 
     The peak is ``VmHWM`` polled every 20 ms: ``wait4``'s ``ru_maxrss`` survives ``exec``, so a child
     would report at least this benchmark process's own size."""
     peak, polls = 0, 0
     while True:
-        pid, status, _ = os.wait4(proc.pid, os.WNOHANG)
+        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
         if pid:
             proc.returncode = os.waitstatus_to_exitcode(status)
-            return proc.returncode, peak / 1024
+            return proc.returncode, peak / 1024, usage.ru_utime + usage.ru_stime
         if polls % 10 == 0:
             peak = max(peak, _hwm_kb(proc.pid))
         polls += 1
@@ -269,8 +269,18 @@ def _metrics(records: list[Any]) -> dict[str, Any]:
         counts[r.kind] = counts.get(r.kind, 0) + 1
     gets = [r for r in records if r.kind == "get"]
     window = max(r.t_end or r.t_start for r in gets) - min(r.t_start for r in gets) if gets else None
+    events = sorted([(r.t_start, 1) for r in gets] + [(r.t_end or r.t_start, -1) for r in gets])
+    inflight = peak = 0
+    for _, step in events:
+        inflight += step
+        peak = max(peak, inflight)
+    first_get = min((r.t_start for r in gets), default=None)
+    first_req = min((r.t_start for r in records), default=None)
     return {
         "counts": counts,
+        "max_inflight_gets": peak,
+        # The client's own time before the first body: the listing, HEADs, planning.
+        "first_request_to_first_get_s": first_get - first_req if first_get and first_req else None,
         "metadata_requests": counts["revision"] + counts["tree"] + counts["head"] + counts["other"],
         "bytes_served": sum(r.bytes_sent for r in gets),
         "get_window_s": window,
@@ -282,11 +292,14 @@ def download(ctx: Ctx, stack: str, method: str, repo: Repo, *, keep: bool = Fals
     """One cold download of ``repo`` into a fresh cache, timed, measured, and its cache deleted."""
     home = Path(tempfile.mkdtemp(prefix="run-", dir=ctx.work))
     ctx.hub.reset_log()
+    load = os.getloadavg()[0]
     t0 = time.monotonic()
     proc = _spawn(ctx, stack, method, repo, home)
-    rc, rss = _reap(proc, t0 + ctx.cfg.timeout_s)
+    rc, rss, cpu = _reap(proc, t0 + ctx.cfg.timeout_s)
     wall = time.monotonic() - t0
     m = {"stack": stack, "method": method, "repo": repo.repo_id, "rc": rc, "wall_s": wall, "rss_mb": rss}
+    m["cpu_s"] = cpu
+    m["load"] = load
     m.update(_metrics(_settled_log(ctx.hub)))
     if rc != 0:
         m["stderr"] = (home / "stderr.txt").read_text(errors="replace")[-1500:]
@@ -301,8 +314,8 @@ def download(ctx: Ctx, stack: str, method: str, repo: Repo, *, keep: bool = Fals
 def _say(label: str, m: dict[str, Any]) -> None:
     _log(
         f"{label} {m['stack']}/{m['method']}: {m['wall_s']:.2f} s, rc {m['rc']}, "
-        f"{m['bytes_served'] / MB:.1f} MB served, {m['counts']}, rss {m['rss_mb']:.0f} MB"
-        + (f"\n{m['stderr']}" if m.get("stderr") else "")
+        f"{m['bytes_served'] / MB:.1f} MB served, {m['counts']}, rss {m['rss_mb']:.0f} MB, "
+        f"cpu {m['cpu_s']:.2f} s" + (f"\n{m['stderr']}" if m.get("stderr") else "")
     )
 
 
@@ -391,7 +404,7 @@ def cell_kill(ctx: Ctx, stack: str) -> list[dict[str, Any]]:
         ctx.hub.reset_log()
         t0 = time.monotonic()
         again = _spawn(ctx, stack, method, repo, home)
-        rc, _ = _reap(again, t0 + ctx.cfg.timeout_s)
+        rc, _, _ = _reap(again, t0 + ctx.cfg.timeout_s)
         second = _metrics(_settled_log(ctx.hub))
         served = first["bytes_served"] + second["bytes_served"]
         m = {

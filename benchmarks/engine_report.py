@@ -100,6 +100,19 @@ def targets(results: dict[str, Any]) -> list[list[str]]:
                         _verdict(e["x_floor"], 1.05),
                     ]
                 )
+                base = _one(results, "shared", stack=s, repo_name=name, method=BASELINE)
+                rows.append(
+                    [
+                        s,
+                        (
+                            f"shared link, {name}: bodies only (first GET to last byte) / floor; "
+                            f"hf download: {_fmt(base.get('x_floor_bodies') if base else None)}"
+                        ),
+                        "info",
+                        _fmt(e.get("x_floor_bodies")),
+                        "-",
+                    ]
+                )
         e = _one(results, "per-connection", stack=s, method="engine")
         if e:
             rows.append(
@@ -185,8 +198,14 @@ def engine_section(results: dict[str, Any]) -> str:
         "`hub-prefetch warm --all`; `hf-engine` = the same with `HUB_PREFETCH_ENGINE=huggingface_hub`; "
         "`hf download` = huggingface_hub's CLI, the same files, the baseline of `x upstream`. Requests are "
         "revision/tree/HEAD/GET/other from the server log; body rate = bytes / (first GET to last byte). "
-        f"Cold runs: fastest of {results['settings']['reps']}, all listed."
+        f"Cold runs: fastest of {results['settings']['reps']}, all listed. Peak RSS = the downloading "
+        "process's `VmHWM`; CPU s = its user + system time; load = the 1-minute load average as the run "
+        "started (above the CPU count, other work competed with the run and the local Hub)."
     )
+    for name, v in sorted(results["stacks"].items()):
+        if v.get("baseline", "hf download") != "hf download":
+            out.append("")
+            out.append(f"On stack `{name}` the `hf download` column is {v['baseline']}.")
     out.append("")
     out.append("### Targets (engine)")
     out.append(_table(["stack", "target", "limit", "measured", "verdict"], targets(results)))
@@ -214,8 +233,12 @@ def engine_section(results: dict[str, Any]) -> str:
                 _fmt(r.get("rate_mb_s"), 0),
                 _reqs(r),
                 str(r["range_gets"]),
+                str(r.get("max_inflight_gets", "-")),
+                _fmt(r.get("first_request_to_first_get_s")),
                 _fmt(r["bytes_served"] / r["needed"], 3),
                 _fmt(r["rss_mb"], 0),
+                _fmt(r.get("cpu_s")),
+                _fmt(r.get("load"), 1),
             ]
         )
     header = [
@@ -230,8 +253,12 @@ def engine_section(results: dict[str, Any]) -> str:
         "body MB/s",
         "req rev/tree/head/get/other",
         "range GETs",
+        "GETs in flight (max)",
+        "1st request to 1st GET s",
         "bytes x needed",
         "peak RSS MB",
+        "CPU s",
+        "load",
     ]
     out.append(_table(header, rows))
     out.append("")
