@@ -208,7 +208,34 @@ def _cmd(ctx: Ctx, stack: str, method: str, repo: Repo, home: Path) -> list[str]
             "s(sys.argv[1], cache_dir=sys.argv[2])"
         )
         return [python, "-c", code, repo.repo_id, str(home / "hub")]
+    if method == "raw GETs":
+        urls = [f"{ctx.hub.url}/{repo.repo_id}/resolve/main/{p}" for p in repo.files]
+        return [python, "-c", RAW_GETS, *urls]
     return [python, "-m", "hub_prefetch.cli", "warm", repo.repo_id, "--all", "-q", "--json"]
+
+
+#: What the link and the local Hub deliver to a client that does nothing with the bytes: 8 threads of
+#: urllib GETs, bodies read in 1 MiB chunks and dropped, no cache, no hashing (the shared-link cell's
+#: calibration: a client cannot beat it on this machine).
+RAW_GETS = """
+import sys, threading, urllib.request
+urls = sys.argv[1:]
+def worker():
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    while urls:
+        try:
+            url = urls.pop()
+        except IndexError:
+            return
+        with opener.open(url) as resp:
+            while resp.read(1 << 20):
+                pass
+threads = [threading.Thread(target=worker) for _ in range(8)]
+for t in threads:
+    t.start()
+for t in threads:
+    t.join()
+"""
 
 
 @functools.cache
@@ -241,6 +268,15 @@ def _hwm_kb(pid: int) -> int:
     except (OSError, ValueError):
         pass
     return 0
+
+
+def _cpu_pressure() -> float | None:
+    """The share of the last 10 s in which some task waited for a CPU (Linux PSI), in percent."""
+    try:
+        with open("/proc/pressure/cpu") as fh:
+            return float(fh.readline().split()[1].split("=")[1])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def _reap(proc: subprocess.Popen[bytes], deadline: float) -> tuple[int, float, float]:
@@ -292,7 +328,7 @@ def download(ctx: Ctx, stack: str, method: str, repo: Repo, *, keep: bool = Fals
     """One cold download of ``repo`` into a fresh cache, timed, measured, and its cache deleted."""
     home = Path(tempfile.mkdtemp(prefix="run-", dir=ctx.work))
     ctx.hub.reset_log()
-    load = os.getloadavg()[0]
+    load, cpu_pressure = os.getloadavg()[0], _cpu_pressure()
     t0 = time.monotonic()
     proc = _spawn(ctx, stack, method, repo, home)
     rc, rss, cpu = _reap(proc, t0 + ctx.cfg.timeout_s)
@@ -300,6 +336,7 @@ def download(ctx: Ctx, stack: str, method: str, repo: Repo, *, keep: bool = Fals
     m = {"stack": stack, "method": method, "repo": repo.repo_id, "rc": rc, "wall_s": wall, "rss_mb": rss}
     m["cpu_s"] = cpu
     m["load"] = load
+    m["cpu_pressure"] = cpu_pressure
     m.update(_metrics(_settled_log(ctx.hub)))
     if rc != 0:
         m["stderr"] = (home / "stderr.txt").read_text(errors="replace")[-1500:]
@@ -352,7 +389,9 @@ def cell_shared(ctx: Ctx, stack: str) -> list[dict[str, Any]]:
     try:
         for name in ("large", "many"):
             repo = ctx.repos[name]
-            methods = METHODS if ctx.cfg.mode == "full" else ("engine", "hf download")
+            methods = (
+                (*METHODS, "raw GETs") if ctx.cfg.mode == "full" else ("engine", "hf download", "raw GETs")
+            )
             for method in methods:
                 m = download(ctx, stack, method, repo)
                 _say(f"shared {rate / MB:g} MB/s {name}", m)
@@ -508,6 +547,7 @@ def warm_path_child(spec: dict[str, Any]) -> None:
             "n": len(times),
             "median_us": times[len(times) // 2] * 1e6,
             "p90_us": times[int(len(times) * 0.9)] * 1e6,
+            "min_us": times[0] * 1e6,
         }
     print(json.dumps(out))
 
@@ -568,7 +608,13 @@ def run(cfg: Config) -> dict[str, Any]:
         for n in (6, 64, 256):
             repos[f"warm-{n}"] = build_repo(store, f"bench/warm-{n}", n - 2, 1000, seed=n)
         results["repos"] = {
-            k: {"repo_id": r.repo_id, "files": len(r.files), "bytes": r.bytes} for k, r in repos.items()
+            k: {
+                "repo_id": r.repo_id,
+                "files": len(r.files),
+                "bytes": r.bytes,
+                "largest": max(r.files.values()),
+            }
+            for k, r in repos.items()
         }
         _log(
             f"repos built in {time.monotonic() - t0:.0f} s: "

@@ -101,6 +101,7 @@ def targets(results: dict[str, Any]) -> list[list[str]]:
                     ]
                 )
                 base = _one(results, "shared", stack=s, repo_name=name, method=BASELINE)
+                raw = _one(results, "shared", stack=s, repo_name=name, method="raw GETs")
                 rows.append(
                     [
                         s,
@@ -113,6 +114,19 @@ def targets(results: dict[str, Any]) -> list[list[str]]:
                         "-",
                     ]
                 )
+                if raw:
+                    rows.append(
+                        [
+                            s,
+                            (
+                                f"shared link, {name}: raw GETs (8 urllib threads, bytes dropped) wall / "
+                                "floor: what this machine and local Hub deliver at best"
+                            ),
+                            "info",
+                            _fmt(raw["x_floor"]),
+                            "-",
+                        ]
+                    )
         e = _one(results, "per-connection", stack=s, method="engine")
         if e:
             rows.append(
@@ -200,7 +214,8 @@ def engine_section(results: dict[str, Any]) -> str:
         "revision/tree/HEAD/GET/other from the server log; body rate = bytes / (first GET to last byte). "
         f"Cold runs: fastest of {results['settings']['reps']}, all listed. Peak RSS = the downloading "
         "process's `VmHWM`; CPU s = its user + system time; load = the 1-minute load average as the run "
-        "started (above the CPU count, other work competed with the run and the local Hub)."
+        "started (above the CPU count, other work competed with the run and the local Hub) / the share of "
+        "the last 10 s in which some task waited for a CPU (`/proc/pressure/cpu`)."
     )
     for name, v in sorted(results["stacks"].items()):
         if v.get("baseline", "hf download") != "hf download":
@@ -238,7 +253,8 @@ def engine_section(results: dict[str, Any]) -> str:
                 _fmt(r["bytes_served"] / r["needed"], 3),
                 _fmt(r["rss_mb"], 0),
                 _fmt(r.get("cpu_s")),
-                _fmt(r.get("load"), 1),
+                _fmt(r.get("load"), 1)
+                + (f" / {r['cpu_pressure']:.0f}%" if r.get("cpu_pressure") is not None else ""),
             ]
         )
     header = [
@@ -258,7 +274,7 @@ def engine_section(results: dict[str, Any]) -> str:
         "bytes x needed",
         "peak RSS MB",
         "CPU s",
-        "load",
+        "load / CPU pressure",
     ]
     out.append(_table(header, rows))
     out.append("")
@@ -298,12 +314,17 @@ def engine_section(results: dict[str, Any]) -> str:
             str(r.get("files", "-")),
             _fmt(r.get("median_us"), 0),
             _fmt(r.get("p90_us"), 0),
+            _fmt(r.get("min_us"), 0),
             str(r.get("n", "-")),
             str(r.get("hub_requests", "-")),
         ]
         for r in _rows(results, "warm-path")
     ]
-    out.append(_table(["stack", "files", "median us", "p90 us", "calls", "Hub requests (all calls)"], rows))
+    out.append(
+        _table(
+            ["stack", "files", "median us", "p90 us", "best us", "calls", "Hub requests (all calls)"], rows
+        )
+    )
     out.append("")
     out.append("![engine benchmark](engine.png)")
     out.append(END)
@@ -326,8 +347,13 @@ def draw(results: dict[str, Any], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     stacks = sorted({r["stack"] for r in results["rows"]})
-    colors = {"engine": "tab:green", "hf-engine": "tab:orange", "hf download": "tab:red"}
-    fig, axes = plt.subplots(1, 4, figsize=(18, 3.8))
+    colors = {
+        "engine": "tab:green",
+        "hf-engine": "tab:orange",
+        "hf download": "tab:red",
+        "raw GETs": "tab:grey",
+    }
+    fig, axes = plt.subplots(1, 5, figsize=(22, 3.8))
     ax = axes[0]
     labels, x = [], 0
     for s in stacks:
@@ -371,6 +397,22 @@ def draw(results: dict[str, Any], path: Path) -> None:
     ax.set_ylabel("bytes served / needed")
     ax.set_title("interrupted downloads")
     ax = axes[3]
+    groups = [("cold", "large"), ("cold", "many"), ("rss", "one")]
+    sizes = results["repos"]
+    ticks = []
+    for g, (cell, name) in enumerate(groups):
+        for i, method in enumerate(("engine", "hf-engine", "hf download")):
+            r = _one(results, cell, stack=stacks[0], repo_name=name, method=method) if stacks else None
+            if r:
+                ax.bar(
+                    g + i * 0.27, r["rss_mb"], 0.27, color=colors[method], label=method if g == 0 else None
+                )
+        largest = sizes.get(name, {}).get("largest", 0) / MB
+        ticks.append((g + 0.27, f"{name}\n~{largest:.0f} MB/file"))
+    ax.set_xticks([p for p, _ in ticks], [t for _, t in ticks], fontsize=7)
+    ax.set_ylabel("peak RSS (MB)")
+    ax.set_title(f"peak RSS of the downloader ({stacks[0] if stacks else '-'})")
+    ax = axes[4]
     for s in stacks:
         pts = sorted(
             (r["files"], r["median_us"]) for r in _rows(results, "warm-path", stack=s) if "median_us" in r
