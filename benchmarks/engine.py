@@ -159,7 +159,8 @@ def build_repo(store: Any, repo_id: str, n: int, size: int, *, seed: int) -> Rep
     files = {k: len(v.encode() if isinstance(v, str) else v) for k, v in meta.items()}
     batch: dict[str, str | bytes] = {}
     for name in names:
-        batch[name] = rng.randbytes(size)
+        # randbytes takes at most 2**31 bits at once
+        batch[name] = b"".join(rng.randbytes(min(64 * MB, size - i)) for i in range(0, size, 64 * MB))
         files[name] = size
         if sum(len(v) for v in batch.values()) >= 64 * MB or name == names[-1]:
             store.commit(repo_id, batch, message=f"add {len(batch)} shards")

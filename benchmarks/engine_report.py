@@ -337,6 +337,8 @@ def splice(readme: str, section: str) -> str:
         head, _, rest = readme.partition(BEGIN)
         _, _, tail = rest.partition(END)
         return head + section + tail
+    if not readme.strip():
+        return section + "\n"
     return readme.rstrip("\n") + "\n\n" + section + "\n"
 
 
