@@ -26,7 +26,7 @@ from ..prefetch.sidefiles import Fence
 from ..retry import transient_or_raise
 from ..verify import ExpectedFile
 from .digest import Digest, Verdict, etag_of
-from .http import RangeIgnored, file_url, open_part
+from .http import RangeIgnored, base_headers, file_url, open_part
 from .job import FileJob
 from .parts import Part, drop_parts
 from .progress import Progress
@@ -83,6 +83,7 @@ class Engine:
         self._open_jobs: set[FileJob] = set()
         self._error: BaseException | None = None
         self._progress: Progress | None = None
+        self._headers: dict[str, str] | None = None
 
     # -- entry ----------------------------------------------------------------------------------------
     def fetch(self, paths: Sequence[str]) -> Outcome:
@@ -248,7 +249,9 @@ class Engine:
 
     def _stream(self, job: FileJob, part: Part, gen: int, url: str) -> None:
         single = len(job.parts) == 1
-        with open_part(self.req, url, part, single=single) as response:
+        if self._headers is None:
+            self._headers = base_headers(self.req)  # once per download, not once per file
+        with open_part(self.req, url, part, single=single, base=self._headers) as response:
             if part.start == 0 and part.done == 0:
                 job.learn(response.headers)
                 if part.end is None and job.expected.size is not None:
