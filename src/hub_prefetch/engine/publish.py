@@ -89,24 +89,33 @@ def _link(blob: Path, pointer: Path) -> None:
         raise
 
 
-def link_blob(req: Request, commit: str, etag: str, paths: Iterable[str], *, fence: Fence) -> None:
+def link_blob(
+    req: Request, commit: str, etag: str, paths: Iterable[str], *, fence: Fence, made: set[Path] | None = None
+) -> None:
     """Point ``paths`` of ``commit`` at the blob ``etag`` already in ``blobs/`` (checked by the caller)."""
     blob = cache.blobs_dir(req.settings.cache_dir, req.repo_type, req.repo_id) / etag
-    pointers = _pointers(req, commit, paths)
+    pointers = _pointers(req, commit, paths, made)
     with _writing(req, f"link {etag}", blob):
         fence()
         for pointer in pointers:
             _link(blob, pointer)
 
 
-def _pointers(req: Request, commit: str, paths: Iterable[str]) -> list[Path]:
-    """The snapshot entries of ``paths``, their folders created inside the snapshot (never through a link)."""
+def _pointers(req: Request, commit: str, paths: Iterable[str], made: set[Path] | None) -> list[Path]:
+    """The snapshot entries of ``paths``, their folders created inside the snapshot (never through a link).
+
+    ``made``: folders already created and checked in this download, so hundreds of files in one folder
+    cost one ``mkdir`` and one check, not hundreds.
+    """
     snapshot = req.snapshot(commit)
     pointers = [snapshot / safe_repo_path(p) for p in paths]
+    made = set() if made is None else made
     with _writing(req, "create the snapshot folders", snapshot):
         for pointer in pointers:
-            cache.ensure_dir(pointer.parent)
-            _check_inside(snapshot, pointer)
+            if pointer.parent not in made:
+                cache.ensure_dir(pointer.parent)
+                _check_inside(snapshot, pointer)
+                made.add(pointer.parent)
     return pointers
 
 
@@ -123,20 +132,31 @@ def _writing(req: Request, what: str, path: Path) -> Iterator[None]:
 
 
 def publish(
-    req: Request, commit: str, etag: str, paths: Iterable[str], partial: Path, *, fence: Fence
+    req: Request,
+    commit: str,
+    etag: str,
+    paths: Iterable[str],
+    partial: Path,
+    *,
+    fence: Fence,
+    made: set[Path] | None = None,
 ) -> None:
     """Publish the verified ``partial`` as blob ``etag`` and as each of ``paths`` of ``commit``.
 
-    ``fence`` is called right before the first write: an evicted lock holder publishes nothing.
+    ``fence`` is called right before the first write: an evicted lock holder publishes nothing. ``made``:
+    the folders this download already created (see :func:`_pointers`).
     """
     paths = list(paths)
     blobs = cache.blobs_dir(req.settings.cache_dir, req.repo_type, req.repo_id)
     fence()
-    pointers = _pointers(req, commit, paths)
+    pointers = _pointers(req, commit, paths, made)
     with _writing(req, f"publish {etag}", partial):
         os.chmod(partial, cache.SHARED_FILE_MODE)
         if are_symlinks_supported(req.settings.cache_dir):
-            cache.ensure_dir(blobs)
+            if made is None or blobs not in made:
+                cache.ensure_dir(blobs)
+                if made is not None:
+                    made.add(blobs)
             blob = blobs / etag
             os.replace(partial, blob)
             for pointer in pointers:

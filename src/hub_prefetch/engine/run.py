@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .. import cache, errors
 from ..prefetch.request import Request
@@ -83,6 +84,7 @@ class Engine:
         self._open_jobs: set[FileJob] = set()
         self._error: BaseException | None = None
         self._progress: Progress | None = None
+        self._made: set[Path] = set()  # folders created in this run: one mkdir each, not one per file
         self._headers: dict[str, str] | None = None
 
     # -- entry ----------------------------------------------------------------------------------------
@@ -143,7 +145,7 @@ class Engine:
                 by_blob[name].paths.append(path)
                 continue
             if etag and self._have_blob(etag, expected):
-                link_blob(self.req, self.commit, etag, [path], fence=self._fence)
+                link_blob(self.req, self.commit, etag, [path], fence=self._fence, made=self._made)
                 self.outcome.downloaded.append(path)  # relinked, as hf_hub_download would: no bytes
                 self.outcome.verdicts[path] = "verified"
                 continue
@@ -313,7 +315,7 @@ class Engine:
         job.close()
         self.fence(force=True)
         try:
-            publish(self.req, self.commit, etag, job.paths, job.partial, fence=self._fence)
+            publish(self.req, self.commit, etag, job.paths, job.partial, fence=self._fence, made=self._made)
         except errors.CacheWriteError as exc:
             if exc.errno != errno.ENOENT:
                 raise
@@ -328,7 +330,7 @@ class Engine:
                 self._start(job, fresh=True)
                 return
             logger.info("%s: %s was published by another holder; linking it", self.req.label, job.paths[0])
-            link_blob(self.req, self.commit, etag, job.paths, fence=self._fence)
+            link_blob(self.req, self.commit, etag, job.paths, fence=self._fence, made=self._made)
         drop_parts(job.partial)
         with self._lock:
             self._open_jobs.discard(job)
