@@ -12,14 +12,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _faultkit import repo_dir, wait_until
 
 from hub_prefetch import cli
-from _faultkit import repo_dir, wait_until
 
 REPO = "tiny/sharded-bert"
 SUB = "text_encoder"
 #: The issue's promise: Ctrl-C during a large download returns within about a second; 2 s with margin.
 PROMPT_EXIT_S = 2.0
+_TAKE_LOCK_AT_ONCE = (
+    "import sys; from hub_prefetch.lock import RepoLock\n"
+    "lock = RepoLock(sys.argv[1], sys.argv[2], timeout=0)\n"
+    "lock.acquire(); lock.release(); print('acquired')"
+)
 
 
 def _bytes_in_blobs(blobs: Path) -> int:
@@ -75,9 +80,7 @@ def test_ctrl_c_during_a_throttled_warm_exits_130_promptly_clean_and_unlocked(
         [
             sys.executable,
             "-c",
-            "import sys; from hub_prefetch.lock import RepoLock\n"
-            "lock = RepoLock(sys.argv[1], sys.argv[2], timeout=0)\n"
-            "lock.acquire(); lock.release(); print('acquired')",
+            _TAKE_LOCK_AT_ONCE,
             str(hf_cache),
             REPO,
         ],
