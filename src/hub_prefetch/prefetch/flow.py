@@ -23,6 +23,7 @@ from ..retry import call_with_retries
 from ..select import Selection, select_files
 from ..verify import ExpectedFile, check_files, sizes_hold
 from .fetch import Fetcher, clean_temps
+from .indexes import fetching_reader, offline_reader
 from .request import Request
 from .result import PrefetchResult
 from .sidefiles import (
@@ -104,14 +105,7 @@ def _offline(req: Request, *, deep: bool, started: float) -> PrefetchResult:
             revision=req.revision,
         )
     snapshot = req.snapshot(commit)
-
-    def read_local(path: str) -> bytes:
-        try:
-            return (snapshot / path).read_bytes()
-        except OSError as exc:
-            raise errors.OfflineCacheMissError(f"{req.label}: offline and {path} is not cached") from exc
-
-    selection = select(req, listing, read_local)
+    selection = select(req, listing, offline_reader(req.label, snapshot, listing))
     problems = check_files(snapshot, [listing[p] for p in selection.files], deep=deep)
     if problems:
         raise errors.OfflineCacheMissError(
@@ -160,7 +154,7 @@ def _locked(req: Request, lock: RepoLock, *, deep: bool, started: float, waited:
     clean_temps(req, kernel_locks=lock.backend == "flock")
     if lock.probe.flock_raises:
         replace_blob_locks()
-    selection = select(req, listing, fetcher.read)
+    selection = select(req, listing, fetching_reader(req.label, fetcher, listing, fence=fence))
     fetcher.ensure(selection.files)
     expected = [listing[p] for p in selection.files]
     problems = check_files(req.snapshot(commit), expected, deep=deep)

@@ -89,7 +89,7 @@ def known_commit(req: Request, *, any_age: bool) -> str | None:
         version=_RECORD_VERSION,
     )
     if record and record.get("revision") == req.revision and cache.is_commit_hash(str(record.get("commit"))):
-        age = time.time() - float(record.get("resolved_at", 0))
+        age = time.time() - _number(record.get("resolved_at"))
         if any_age or 0 <= age < s.revision_ttl:
             return str(record["commit"])
     if any_age:
@@ -110,8 +110,8 @@ def read_stamp(req: Request, commit: str, *, deep: bool) -> dict[str, int] | Non
     if not stamp or stamp.get("commit") != commit or (deep and not stamp.get("deep")):
         return None
     files = stamp.get("files")
-    if not isinstance(files, dict):
-        return None
+    if not isinstance(files, dict) or not all(type(v) is int for v in files.values()):
+        return None  # written by someone else, or damaged: not a stamp we can trust
     return {str(k): int(v) for k, v in files.items()}
 
 
@@ -142,7 +142,28 @@ def read_listing(req: Request, commit: str) -> dict[str, ExpectedFile] | None:
     )
     if not data or data.get("commit") != commit or not isinstance(data.get("files"), dict):
         return None
+    if not all(_listing_entry(raw) for raw in data["files"].values()):
+        logger.warning(
+            "ignoring %s: unexpected format",
+            cache.listing_path(s.cache_dir, req.repo_type, req.repo_id, commit),
+        )
+        return None
     return {path: ExpectedFile.from_json(path, raw) for path, raw in data["files"].items()}
+
+
+def _listing_entry(raw: object) -> bool:
+    """``[size, sha256, blob_id]`` as :meth:`ExpectedFile.to_json` writes it."""
+    if not isinstance(raw, list) or len(raw) > 3:
+        return False
+    size, sha256, blob_id = [*raw, None, None, None][:3]
+    return (size is None or type(size) is int) and all(
+        v is None or isinstance(v, str) for v in (sha256, blob_id)
+    )
+
+
+def _number(raw: object) -> float:
+    """A time recorded in a side file; 0 (long ago) when it is not a number."""
+    return float(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else 0.0
 
 
 def fetch_listing(
