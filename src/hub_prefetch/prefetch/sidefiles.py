@@ -21,7 +21,7 @@ from pathlib import Path
 
 from huggingface_hub import HfApi
 
-from .. import cache
+from .. import cache, errors
 from ..retry import call_with_retries
 from ..verify import ExpectedFile
 from .request import Request
@@ -186,14 +186,18 @@ def fetch_listing(
         )
         listing[sib.rfilename] = ExpectedFile(sib.rfilename, sib.size, sha256, sib.blob_id)
     fence()
-    cache.atomic_write_json(
-        cache.listing_path(s.cache_dir, req.repo_type, req.repo_id, commit),
-        {
-            "version": _LISTING_VERSION,
-            "commit": commit,
-            "files": {p: e.to_json() for p, e in sorted(listing.items())},
-        },
-    )
+    try:
+        cache.atomic_write_json(
+            cache.listing_path(s.cache_dir, req.repo_type, req.repo_id, commit),
+            {
+                "version": _LISTING_VERSION,
+                "commit": commit,
+                "files": {p: e.to_json() for p, e in sorted(listing.items())},
+            },
+        )
+    except errors.CacheWriteError as exc:
+        # Only a saved request: a read-only cache still gets its answer (and asks again next time).
+        logger.debug("%s: listing not recorded: %s", req.label, exc)
     return commit, listing
 
 
@@ -224,10 +228,20 @@ def record_revision(req: Request, commit: str, *, fence: Fence = _no_fence) -> N
         return
     s = req.settings
     fence()
-    cache.atomic_write_json(
-        cache.revision_record_path(s.cache_dir, req.repo_type, req.repo_id, req.revision),
-        {"version": _RECORD_VERSION, "revision": req.revision, "commit": commit, "resolved_at": time.time()},
-    )
+    try:
+        cache.atomic_write_json(
+            cache.revision_record_path(s.cache_dir, req.repo_type, req.repo_id, req.revision),
+            {
+                "version": _RECORD_VERSION,
+                "revision": req.revision,
+                "commit": commit,
+                "resolved_at": time.time(),
+            },
+        )
+    except errors.CacheWriteError as exc:
+        # A read-only repo folder (beside a writable lock folder): nothing to record, nothing to fix.
+        logger.debug("%s: revision not recorded: %s", req.label, exc)
+        return
     # Plain loaders that read refs/<revision> then see the same commit. Written only when it changes,
     # and atomically: huggingface_hub < 1.31 truncates and rewrites it in place, which is one cause of
     # the "does not appear to have a file named" race.
