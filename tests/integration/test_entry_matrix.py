@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _readonly import read_only_command, refusal
 
 import hub_prefetch
 
@@ -86,25 +87,6 @@ def templates(local_hub: Any, built_repos: Any, tmp_path_factory: pytest.TempPat
     return {"complete": complete, "partial": partial, "foreign": foreign}
 
 
-def _mount_refusal() -> str | None:
-    if os.geteuid() != 0:
-        return "a read-only bind mount needs root"
-    if shutil.which("unshare") is None:
-        return "unshare(1) is not installed"
-    probe = subprocess.run(
-        ["unshare", "--mount", "--propagation", "private", "sh", "-c", "mount --bind / /mnt 2>&1 || true"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if probe.returncode != 0:
-        return f"the kernel refuses a private mount namespace: {probe.stderr.strip() or probe.stdout.strip()}"
-    return None
-
-
-_RO_SCRIPT = 'mount --bind "$1" "$1" && mount -o remount,ro,bind "$1" "$1" && shift && exec "$@"'
-
-
 def _run_mode(
     mode: str, templates: dict[str, Path], root: Path, hub_url: str
 ) -> tuple[subprocess.Popen[str], list[dict[str, Any]], Path]:
@@ -119,7 +101,7 @@ def _run_mode(
             shutil.copytree(source, _repo_dir(cache, repo), symlinks=True)
             cells.append({"id": f"{entry}|{mode}|{state}", "entry": entry, "cache_dir": str(cache)})
     spec = root / f"{mode}.json"
-    spec.write_text(json.dumps({"cells": cells, "read_only": str(folder) if mode == "read-only" else None}))
+    spec.write_text(json.dumps({"cells": cells, "read_only": [str(folder)] if mode == "read-only" else []}))
     env = {
         **os.environ,
         "HF_ENDPOINT": hub_url,
@@ -134,18 +116,7 @@ def _run_mode(
         env["HF_HUB_OFFLINE"] = "1"
     cmd = [sys.executable, "-m", "tests.support.matrix_cells", str(spec)]
     if mode == "read-only":
-        cmd = [
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            _RO_SCRIPT,
-            "sh",
-            str(folder),
-            *cmd,
-        ]
+        cmd = read_only_command([folder], cmd)
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     return proc, cells, folder
 
@@ -167,13 +138,13 @@ def outcomes(
     proc, _cells, _folder = _run_mode("offline", templates, root, local_hub.url)
     results = _collect(proc)
     offline_requests = len(local_hub.requests())
-    refusal = _mount_refusal()
+    refused = refusal()
     procs = [_run_mode("online", templates, root, local_hub.url)]
-    if refusal is None:
+    if refused is None:
         procs.append(_run_mode("read-only", templates, root, local_hub.url))
     for proc, _cells, _folder in procs:
         results.update(_collect(proc))
-    results["_meta"] = {"offline_requests": offline_requests, "refusal": refusal}
+    results["_meta"] = {"offline_requests": offline_requests, "refusal": refused}
     return results
 
 

@@ -80,16 +80,17 @@ def main(path: str) -> None:
 
     with open(path, encoding="utf-8") as fh:
         spec = json.load(fh)
-    if spec["read_only"]:
+    for folder in spec.get("read_only") or ():
         # The mode's premise, checked where the cells run: no write succeeds, not even root's.
-        probe = Path(spec["read_only"]) / "write-probe"
+        probe = Path(folder) / "write-probe"
         try:
             probe.write_text("x")
         except OSError as exc:
             print(json.dumps({"id": "_read_only", "ok": True, "errno": exc.errno}), flush=True)
         else:
             probe.unlink()
-            print(json.dumps({"id": "_read_only", "ok": False}), flush=True)
+            print(json.dumps({"id": "_read_only", "ok": False, "folder": folder}), flush=True)
+            break
     for cell in spec["cells"]:
         record: dict[str, Any] = {"id": cell["id"], "ok": False}
         try:
