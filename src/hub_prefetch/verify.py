@@ -151,6 +151,7 @@ def clean_orphan_temps(
     repo_id: str,
     *,
     min_age_s: float = 0.0,
+    writers_gone: bool = False,
     clock: Callable[[], float] = time.monotonic,
 ) -> list[Path]:
     """Remove ``*.incomplete`` files in ``blobs/`` whose writer is gone; return what was removed.
@@ -160,7 +161,9 @@ def clean_orphan_temps(
     ``min_age_s`` adds a second guard where kernel locks may not be honoured: the file must also have
     been seen unchanged (size, mtime, inode) for that long on this host's monotonic ``clock``
     (:class:`~hub_prefetch.temps.Sightings`), so at least two looks apart. Its mtime is never compared
-    with our clock: another host or the file server set it.
+    with our clock: another host or the file server set it. ``writers_gone``: the caller took the repo
+    lease over from a holder judged dead (the writer's lease is the evidence), so a temp file whose blob
+    lock is free, or unusable, goes at the first look.
     """
     removed: list[Path] = []
     folder = blobs_dir(cache_dir, repo_type, repo_id)
@@ -172,6 +175,9 @@ def clean_orphan_temps(
 
     def quiet_long_enough(temp: Path) -> bool:
         if sightings is None:
+            return True
+        if writers_gone:
+            sightings.quiet_for(temp)  # still recorded, for the looks to come
             return True
         quiet = sightings.quiet_for(temp)
         return quiet is not None and quiet >= min_age_s
@@ -191,7 +197,7 @@ def clean_orphan_temps(
         except OSError as exc:
             # The blob lock itself is unusable (flock raises here): only quiet can tell an orphan.
             with contextlib.suppress(OSError):
-                if min_age_s and quiet_long_enough(temp):
+                if (min_age_s or writers_gone) and quiet_long_enough(temp):
                     temp.unlink()
                     removed.append(temp)
                     continue

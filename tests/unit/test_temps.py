@@ -97,3 +97,18 @@ def test_without_min_age_a_free_blob_lock_is_enough(blobs: Path) -> None:
     dead = _temp(blobs, "dead", mtime_offset=+DAY)
     assert clean_orphan_temps(cache, "model", REPO) == [dead]
     assert not (blobs.parent / ".hub_prefetch").exists()  # no record written on this path
+
+
+def test_after_a_dead_holder_the_first_look_is_enough_but_a_locked_blob_stays(blobs: Path) -> None:
+    """The writer's lease is the evidence: a lease taken over from a dead holder means its temp files have
+    no writer; one whose blob lock a live local process holds is still left alone."""
+    from filelock import FileLock
+
+    cache = blobs.parent.parent
+    dead = _temp(blobs, "dead", mtime_offset=+DAY)
+    live = _temp(blobs, "live", mtime_offset=-DAY)
+    locks = cache / ".locks" / blobs.parent.name
+    locks.mkdir(parents=True)
+    with FileLock(str(locks / "live.lock")):
+        removed = clean_orphan_temps(cache, "model", REPO, min_age_s=30, writers_gone=True, clock=Clock())
+    assert removed == [dead] and live.exists()

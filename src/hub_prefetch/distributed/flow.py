@@ -221,7 +221,8 @@ def _follow(run: _Run, *, stale_after: float, poll: float) -> PrefetchResult:
         result = run_request(pinned, local_files_only=run.local_files_only, deep=run.deep)
         return dataclasses.replace(result, revision=run.req.revision, waited_s=waited)
     if outcome is not None and not outcome.get("abandoned"):
-        raise errors.from_json(outcome.get("error") or {}, origin_rank=run.leader)
+        error = outcome.get("error")  # a damaged outcome file still ends in a typed error
+        raise errors.from_json(error if isinstance(error, dict) else {}, origin_rank=run.leader)
     if outcome is not None:
         takeover_reason = "it was interrupted"
     logger.warning(

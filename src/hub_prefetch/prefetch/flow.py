@@ -19,8 +19,8 @@ from .. import cache, errors
 from ..hfpatch import replace_blob_locks
 from ..lock import RepoLock
 from ..select import Selection, select_files
-from ..verify import ExpectedFile, Problem, check_files, sizes_hold
-from .fetch import Fetcher, clean_temps
+from ..verify import ExpectedFile, Problem, check_files, clean_orphan_temps, sizes_hold
+from .fetch import Fetcher
 from .indexes import fetching_reader, offline_reader
 from .request import Request
 from .result import PrefetchResult
@@ -131,6 +131,20 @@ def _fence(req: Request, lock: RepoLock) -> Callable[[], None]:
     return fence
 
 
+def _clean_temps(req: Request, lock: RepoLock) -> None:
+    """Remove temp files of dead writers, holding the lock. Where kernel locks cannot be trusted, a temp
+    file goes once seen unchanged for a lease TTL on this host's clock, or at once when the lease was
+    taken over from a dead holder (its writer)."""
+    s = req.settings
+    clean_orphan_temps(
+        s.cache_dir,
+        req.repo_type,
+        req.repo_id,
+        min_age_s=0.0 if lock.backend == "flock" else s.lease_ttl,
+        writers_gone=lock.succeeded_dead_holder,
+    )
+
+
 class _Evicted(errors.LockLostError):
     """Raised by the fence inside the flow; :func:`run` waits again (at most ``_MAX_EVICTIONS`` times)."""
 
@@ -149,7 +163,7 @@ def _locked(req: Request, lock: RepoLock, *, deep: bool, started: float, waited:
         listing = read_listing(req, commit) or fetch_listing(req, commit, fence=fence)[1]
     fetcher = Fetcher(req, commit, listing, fence=fence)
     fence()
-    clean_temps(req, kernel_locks=lock.backend == "flock")
+    _clean_temps(req, lock)
     if lock.probe.flock_raises:
         replace_blob_locks()
     selection = select(req, listing, fetching_reader(req.label, fetcher, listing, fence=fence))
@@ -302,5 +316,5 @@ def _holding(
         # the very space the next attempt needs, and nobody else would remove it until then. Ctrl-C
         # too: an interrupted warm must not leave temp files behind (live writers' are skipped).
         if lock.still_held():
-            clean_temps(req, kernel_locks=lock.backend == "flock")
+            _clean_temps(req, lock)
         raise
