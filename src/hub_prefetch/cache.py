@@ -182,7 +182,9 @@ def ensure_dir(path: Path) -> None:
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise CacheWriteError(f"cannot create {path}: {exc.strerror or exc}", path=str(path)) from exc
+        raise CacheWriteError(
+            f"cannot create {path}: {exc.strerror or exc}", path=str(path), errno=exc.errno
+        ) from exc
     for folder in [*(c for c in reversed(created) if _in_layout(c)), path]:
         _share_dir(folder)
 
@@ -219,7 +221,9 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
         os.replace(tmp, path)
         tmp = ""
     except OSError as exc:
-        raise CacheWriteError(f"cannot write {path}: {exc.strerror or exc}", path=str(path)) from exc
+        raise CacheWriteError(
+            f"cannot write {path}: {exc.strerror or exc}", path=str(path), errno=exc.errno
+        ) from exc
     finally:
         if fd >= 0:
             os.close(fd)

@@ -19,6 +19,7 @@ from enum import Enum
 from typing import Any, TypeVar
 
 from . import errors
+from .besteffort import may_fall_back
 from .prefetch import PrefetchResult, Request, is_local_path, listed_path, run
 from .settings import Settings
 
@@ -60,13 +61,10 @@ def classify_load_error(exc: BaseException) -> tuple[LoadFailure, str | None] | 
 def _prefetch(req: Request, *, force_check: bool) -> PrefetchResult | None:
     try:
         return run(req, force_check=force_check)
-    except errors.InvalidRequestError:
-        raise
-    except errors.HubPrefetchError as exc:
+    except Exception as exc:
         # Best-effort, as in the reference: the loader's own error is the one to show.
-        logger.warning(
-            "prefetch of %s failed (%s: %s); loading without it", req.label, type(exc).__name__, exc
-        )
+        if not may_fall_back(exc, what=req.label, logger=logger, then="loading without it"):
+            raise
         return None
 
 

@@ -20,6 +20,7 @@ import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
+from .besteffort import may_fall_back
 from .heal import from_pretrained_with_prefetch
 from .pipeline import prefetch_pipeline
 from .prefetch import is_local_path
@@ -78,13 +79,20 @@ def _wrap(original: Any, is_pipeline: bool, weights: bool) -> classmethod[Any, A
             if is_pipeline:
                 if kwargs.get("local_files_only"):
                     return func(cls, pretrained, **kwargs)
-                result = prefetch_pipeline(
-                    pretrained,
-                    variant=kwargs.get("variant"),
-                    revision=kwargs.get("revision"),
-                    cache_dir=kwargs.get("cache_dir"),
-                    token=kwargs.get("token"),
-                )
+                try:
+                    result = prefetch_pipeline(
+                        pretrained,
+                        variant=kwargs.get("variant"),
+                        revision=kwargs.get("revision"),
+                        cache_dir=kwargs.get("cache_dir"),
+                        token=kwargs.get("token"),
+                    )
+                except Exception as exc:
+                    # As the model loaders do: the unpatched call shows its own error, or loads what
+                    # the cache has (offline over a cache plain huggingface_hub filled).
+                    if not may_fall_back(exc, what=pretrained, logger=logger, then="loading it unpatched"):
+                        raise
+                    return func(cls, pretrained, **kwargs)
                 return func(
                     cls, pretrained, **{**kwargs, "revision": result.commit, "local_files_only": True}
                 )

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any, TypeVar
 
-from . import errors
+from .besteffort import may_fall_back
 from .heal import DEFAULT_MAX_ATTEMPTS, LoadFailure, classify_load_error, from_pretrained_with_prefetch
 from .prefetch import PrefetchResult, is_local_path, prefetch
 from .retry import backoff_delay
@@ -32,8 +32,6 @@ __all__ = ["from_pretrained_with_prefetch", "prefetch_subfolders", "retry_on_mis
 
 logger = logging.getLogger("hub_prefetch.reference")
 T = TypeVar("T")
-
-_reported: set[tuple[str, str]] = set()
 
 
 def prefetch_subfolders(
@@ -53,8 +51,9 @@ def prefetch_subfolders(
 ) -> PrefetchResult | None:
     """Materialise ``model``'s ``subfolders`` in the HF cache before loading (the reference API).
 
-    Best-effort unless ``strict``: a Hub failure is logged once and swallowed, so the caller's own
-    ``from_pretrained`` surfaces the specific error. Local directories and ``local_files_only``
+    Best-effort unless ``strict``: a failure is logged once and swallowed, so the caller's own
+    ``from_pretrained`` surfaces the specific error (a bad request, ``MemoryError``, ``KeyboardInterrupt``
+    are raised; see :mod:`hub_prefetch.besteffort`). Local directories and ``local_files_only``
     loads are a no-op. Returns what was prepared, or None when nothing was (or it failed).
     """
     if is_local_path(model):
@@ -75,15 +74,9 @@ def prefetch_subfolders(
             settings=settings,
             lock_timeout=lock_timeout,
         )
-    except errors.InvalidRequestError:
-        raise
-    except errors.HubPrefetchError as exc:
-        if strict:
+    except Exception as exc:
+        if strict or not may_fall_back(exc, what=str(model), logger=logger, then="skipped"):
             raise
-        key = (str(model), type(exc).__name__)
-        if key not in _reported:
-            _reported.add(key)
-            logger.warning("prefetch of %s skipped: %s: %s", model, type(exc).__name__, exc)
         return None
 
 

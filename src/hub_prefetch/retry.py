@@ -2,8 +2,11 @@
 
 Never retried (the answer will not change): no such repo / revision / file, gated or no access,
 a bad request, offline mode. Retried with exponential backoff and full jitter, honouring
-``Retry-After``: 5xx, 429, dropped or refused connections, timeouts, a body shorter than announced.
-A full disk or read-only cache is neither: it becomes :class:`CacheWriteError` at once.
+``Retry-After``: 5xx, 429, dropped or refused connections, timeouts, a body shorter than announced,
+a proxy's answer without the Hub's metadata headers (``FileMetadataError``), an error of the Xet
+transfer client, a network filesystem's stale handle (``ESTALE``); when retries run out, a typed
+:class:`HubUnavailableError`. A full disk, read-only cache or I/O error (``EIO``) is neither: it
+becomes :class:`CacheWriteError` at once.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from typing import TypeVar
 
 from huggingface_hub.errors import (
     EntryNotFoundError,
+    FileMetadataError,
     HfHubHTTPError,
     LocalEntryNotFoundError,
     OfflineModeIsEnabled,
@@ -37,7 +41,9 @@ logger = logging.getLogger("hub_prefetch.retry")
 T = TypeVar("T")
 
 _TRANSIENT_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
-_DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM}
+_DISK_ERRNOS = {errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EACCES, errno.EPERM, errno.EIO}
+# A network filesystem's stale handle (the server restarted, a peer replaced a file): a new open heals it.
+_FS_TRANSIENT_ERRNOS = {errno.ESTALE}
 # httpx and httpx2 (huggingface_hub 1.x and 2.x) share these class names; matching names keeps us
 # independent of which one is installed.
 _TRANSPORT_NAMES = {
@@ -70,6 +76,22 @@ def _retry_after(exc: HfHubHTTPError) -> float | None:
 def _status(exc: HfHubHTTPError) -> int | None:
     response = getattr(exc, "response", None)
     return getattr(response, "status_code", None)
+
+
+def _from_xet(exc: BaseException) -> bool:
+    """An error of huggingface_hub's Xet transfer path: its own ``Xet*`` classes, or a bare
+    ``RuntimeError`` that the ``hf_xet`` extension raised through huggingface_hub's Xet call."""
+    if any(cls.__name__.startswith("Xet") for cls in type(exc).__mro__):
+        return True
+    if type(exc) is not RuntimeError:
+        return False
+    tb = exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if "xet" in code.co_name.lower() or "xet" in code.co_filename.lower():
+            return True
+        tb = tb.tb_next
+    return False
 
 
 def classify(exc: BaseException, *, what: str) -> Verdict:
@@ -110,6 +132,14 @@ def classify(exc: BaseException, *, what: str) -> Verdict:
             )
         return Verdict(True, exc)
     if any(cls.__name__ in _TRANSPORT_NAMES for cls in type(exc).__mro__):
+        return Verdict(True, exc)
+    if isinstance(exc, FileMetadataError):
+        # A proxy or mirror answered without the commit / etag headers: maybe a passing misroute;
+        # bounded retries, then a typed HubUnavailableError naming it.
+        return Verdict(True, exc)
+    if _from_xet(exc):
+        return Verdict(True, exc)
+    if isinstance(exc, OSError) and exc.errno in _FS_TRANSIENT_ERRNOS:
         return Verdict(True, exc)
     if isinstance(exc, OSError) and exc.errno in _DISK_ERRNOS:
         return Verdict(

@@ -12,7 +12,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +20,7 @@ from typing import Any, Literal
 from filelock import FileLock, Timeout
 
 from .cache import blobs_dir, repo_folder
+from .temps import Sightings
 
 __all__ = ["ExpectedFile", "Problem", "VerifyReport", "check_files", "clean_orphan_temps", "file_digest_ok"]
 
@@ -170,13 +171,24 @@ def sizes_hold(snapshot: Path, sizes: Mapping[str, int]) -> bool:
 
 
 def clean_orphan_temps(
-    cache_dir: Path, repo_type: str, repo_id: str, *, min_age_s: float = 0.0
+    cache_dir: Path,
+    repo_type: str,
+    repo_id: str,
+    *,
+    min_age_s: float = 0.0,
+    writers_gone: bool = False,
+    clock: Callable[[], float] = time.monotonic,
 ) -> list[Path]:
     """Remove ``*.incomplete`` files in ``blobs/`` whose writer is gone; return what was removed.
 
     huggingface_hub holds ``.locks/<repo>/<etag>.lock`` while it writes ``<etag>[.<uuid>].incomplete``:
     if we can take that lock without waiting, nobody is writing, and the temp file is an orphan.
-    ``min_age_s`` adds a second guard where kernel locks may not be honoured.
+    ``min_age_s`` adds a second guard where kernel locks may not be honoured: the file must also have
+    been seen unchanged (size, mtime, inode) for that long on this host's monotonic ``clock``
+    (:class:`~hub_prefetch.temps.Sightings`), so at least two looks apart. Its mtime is never compared
+    with our clock: another host or the file server set it. ``writers_gone``: the caller took the repo
+    lease over from a holder judged dead (the writer's lease is the evidence), so a temp file whose blob
+    lock is free, or unusable, goes at the first look.
     """
     removed: list[Path] = []
     folder = blobs_dir(cache_dir, repo_type, repo_id)
@@ -184,26 +196,39 @@ def clean_orphan_temps(
         temps = [p for p in folder.iterdir() if p.name.endswith(".incomplete")]
     except OSError:
         return removed
+    sightings = Sightings.of_repo(cache_dir, repo_type, repo_id, clock=clock) if min_age_s else None
+
+    def quiet_long_enough(temp: Path) -> bool:
+        if sightings is None:
+            return True
+        if writers_gone:
+            sightings.quiet_for(temp)  # still recorded, for the looks to come
+            return True
+        quiet = sightings.quiet_for(temp)
+        return quiet is not None and quiet >= min_age_s
+
     locks = cache_dir / ".locks" / repo_folder(cache_dir, repo_type, repo_id).name
     for temp in temps:
         etag = temp.name.split(".", 1)[0]
         lock = FileLock(str(locks / f"{etag}.lock"), timeout=0)
         try:
             with lock, contextlib.suppress(FileNotFoundError):
-                if min_age_s and time.time() - temp.stat().st_mtime < min_age_s:
+                if not quiet_long_enough(temp):
                     continue
                 temp.unlink()
                 removed.append(temp)
         except Timeout:
             logger.debug("%s is being written by a live process; left alone", temp)
         except OSError as exc:
-            # The blob lock itself is unusable (flock raises here): only age can tell an orphan.
+            # The blob lock itself is unusable (flock raises here): only quiet can tell an orphan.
             with contextlib.suppress(OSError):
-                if min_age_s and time.time() - temp.stat().st_mtime >= min_age_s:
+                if (min_age_s or writers_gone) and quiet_long_enough(temp):
                     temp.unlink()
                     removed.append(temp)
                     continue
             logger.debug("cannot check %s: %s", temp, exc)
+    if sightings is not None:
+        sightings.save(t.name for t in temps if t not in removed)
     if removed:
         logger.info("removed %d orphan temp file(s) of dead writers in %s", len(removed), folder)
     return removed

@@ -278,6 +278,6 @@ def test_version_matrix_names_this_stack() -> None:
     assert f"torch=={rows['torch (CPU)'][1]}" in pins["new"]
 
 
-@pytest.mark.parametrize("path", ["CHANGELOG.md", "Makefile"])
+@pytest.mark.parametrize("path", ["CHANGELOG.md", "Makefile", "docs/failure-modes.md"])
 def test_referenced_files_exist(path: str) -> None:
     assert (ROOT / path).is_file()

@@ -34,6 +34,8 @@ class RankInfo:
     cache_realpath: str
     token: str
     error: dict[str, Any] | None = None
+    #: False when this rank could not write its probe: a read-only cache, which it serves on its own.
+    writable: bool = True
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,10 @@ length cannot trip the collective timeout. The protocol::
     followers    poll the outcome file; take over (plain prefetch, which waits on the repo lock) when
                  the leader's heartbeat stops or its process is gone; raise the leader's typed error
 
+A rank that cannot write its probe (a read-only cache) takes no part in the protocol: it serves the
+agreed commit's verified snapshot with zero writes or raises :class:`~hub_prefetch.errors.CacheWriteError`
+naming its cache and the commit; only a rank that can write leads a domain.
+
 Domains come from the probes (ranks that see each other's probe share a cache) unless the caller
 declares them with ``cache_scope="node"`` (one per host) or ``"shared"`` (one in all). A failed request
 (bad input, no such repo, gated, ...) raises the same typed error on every rank. Every rank returns a
@@ -117,6 +121,17 @@ def _download(run: _Run) -> PrefetchResult:
     return result
 
 
+def _serve_unwritable(run: _Run) -> PrefetchResult:
+    """A rank whose cache it cannot write takes no part in the file protocol (it could write neither
+    heartbeat nor outcome): it serves the agreed commit's verified snapshot with zero writes, or raises
+    the core flow's :class:`~hub_prefetch.errors.CacheWriteError` naming the cache and the commit."""
+    if run.commit is None:  # offline and nothing recorded: the core flow says so, typed
+        return run_request(run.req, local_files_only=run.local_files_only, deep=run.deep)
+    pinned = dataclasses.replace(run.req, revision=run.commit)
+    result = run_request(pinned, local_files_only=run.local_files_only, deep=run.deep)
+    return dataclasses.replace(result, revision=run.req.revision)
+
+
 def _lead(run: _Run, beat_interval: float) -> PrefetchResult:
     collect_garbage(run.folder.parent, _DIST_PREFIX)
     collect_garbage(probe_dir(run.req.settings.cache_dir), "")
@@ -206,7 +221,8 @@ def _follow(run: _Run, *, stale_after: float, poll: float) -> PrefetchResult:
         result = run_request(pinned, local_files_only=run.local_files_only, deep=run.deep)
         return dataclasses.replace(result, revision=run.req.revision, waited_s=waited)
     if outcome is not None and not outcome.get("abandoned"):
-        raise errors.from_json(outcome.get("error") or {}, origin_rank=run.leader)
+        error = outcome.get("error")  # a damaged outcome file still ends in a typed error
+        raise errors.from_json(error if isinstance(error, dict) else {}, origin_rank=run.leader)
     if outcome is not None:
         takeover_reason = "it was interrupted"
     logger.warning(
@@ -292,6 +308,7 @@ def prefetch_distributed(
     req: Request | None = None
     own: Exception | None = None
     realpath = ""
+    writable = True
     try:
         req = Request.build(
             model,
@@ -307,12 +324,19 @@ def prefetch_distributed(
             lock_timeout=lock_timeout,
         )
         realpath = os.path.realpath(req.settings.cache_dir)
-        cache.atomic_write_bytes(probe_dir(req.settings.cache_dir) / token_, b"")
+        try:
+            cache.atomic_write_bytes(probe_dir(req.settings.cache_dir) / token_, b"")
+        except errors.CacheWriteError as exc:
+            # A read-only cache is no error yet: it may hold a verified snapshot to serve.
+            logger.debug("rank %d: no probe file (%s); serving this cache without writing", rank, exc)
+            writable = False
     except Exception as exc:  # noqa: BLE001 - every rank raises it after the exchange
         own = exc
     me = HostIdentity.local(req.settings.host_id if req is not None else None)
     # Every rank enters both exchanges, even one whose request is bad: leaving early would hang the rest.
-    mine = RankInfo(rank, me.host, realpath, token_, errors.to_json(own) if own is not None else None)
+    mine = RankInfo(
+        rank, me.host, realpath, token_, errors.to_json(own) if own is not None else None, writable
+    )
     infos: list[RankInfo] = _gather(dist, mine, size, group)
     first_error = next((i for i in infos if i.error is not None), None)
     seen: list[str] = []
@@ -343,10 +367,13 @@ def prefetch_distributed(
     plan = plan_domains(infos, [s for s, _c, _e in second], cache_scope)
     domain = plan.domain_of(rank)
     run_id = cache.key_hash("dist-run-v1", *sorted(i.token for i in infos))
+    # Only a rank that can write leads: a follower waits for the leader's outcome file.
+    writable_ranks = {i.rank for i in infos if i.writable}
+    writers = [r for r in domain if r in writable_ranks]
     run = _Run(
         req=req,
         rank=rank,
-        leader=domain[0],
+        leader=writers[0] if writers else rank,
         domain=domain,
         commit=commit,
         folder=cache.lock_dir(req.settings.cache_dir) / f"{_DIST_PREFIX}{run_id}",
@@ -363,6 +390,8 @@ def prefetch_distributed(
             [list(d) for d in plan.domains],
             (commit or "?")[:12],
         )
+    if not writable:
+        return _serve_unwritable(run)
     ttl = max(float(req.settings.lease_ttl), 0.1)
     if run.leader == rank:
         return _lead(run, beat_interval=ttl / 3.0)

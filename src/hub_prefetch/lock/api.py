@@ -332,6 +332,14 @@ class RepoLock:
         return hold is not None and hold.still_held()
 
     @property
+    def succeeded_dead_holder(self) -> bool:
+        """Whether this holder took the lease over from one judged dead or silent past its TTL (always
+        False for ``flock``, whose dead holders the kernel releases): what that holder was writing has no
+        writer any more."""
+        hold = gate.slot(self._slot_key).hold if self.is_held else None
+        return bool(getattr(hold, "succeeded_stale", False))
+
+    @property
     def epoch(self) -> int:
         """The acquisition number of the held lease (grows with every acquisition); 0 for ``flock``."""
         hold = gate.slot(self._slot_key).hold if self.is_held else None

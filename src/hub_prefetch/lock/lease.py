@@ -92,12 +92,15 @@ class Lease:
         self.interval = max(ttl / 3.0, 0.01)
         #: True from a won attempt until release/close: what an interrupted acquire must give back.
         self.held = False
+        #: Whether the won attempt took the lease over from a holder judged dead or silent past its TTL.
+        self.succeeded_stale = False
         self._active = False
         self._write_lock = threading.Lock()
 
     # -- acquiring ---------------------------------------------------------------------------------
     def try_acquire(self) -> bool:
         """One non-blocking attempt; may take over a stale lease on the way."""
+        self.succeeded_stale = False
         if self._create():
             return True
         found = read_nofollow(self.path)
@@ -123,7 +126,8 @@ class Lease:
                 return False
             reason = f"its lease file stayed unchanged for {silent:.1f} s (ttl {ttl:g} s)"
         if self._break(raw, holder, reason):
-            return self._create()
+            self.succeeded_stale = self._create()
+            return self.succeeded_stale
         return False
 
     def _create(self) -> bool:

@@ -104,7 +104,8 @@ def _verify(req: Request, *, deep: bool) -> VerifyReport:
     missing_index: list[Problem] = []
 
     def read_local(path: str) -> bytes:
-        problem = check_file(snapshot, listing[path], deep=deep)
+        # An index is hashed even in a quick check: a damaged one would otherwise be blamed on the repo.
+        problem = check_file(snapshot, listing[path], deep=True)
         if problem is None:
             try:
                 return (snapshot / path).read_bytes()

@@ -11,18 +11,17 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import os
 import time
 from collections.abc import Callable
-
-from huggingface_hub import HfApi
 
 from .. import cache, errors
 from ..hfpatch import replace_blob_locks
 from ..lock import RepoLock
-from ..retry import call_with_retries
 from ..select import Selection, select_files
-from ..verify import ExpectedFile, check_files, sizes_hold
-from .fetch import Fetcher, clean_temps
+from ..verify import ExpectedFile, Problem, check_files, clean_orphan_temps, sizes_hold
+from .fetch import Fetcher
+from .indexes import fetching_reader, offline_reader
 from .request import Request
 from .result import PrefetchResult
 from .sidefiles import (
@@ -106,14 +105,7 @@ def _offline(req: Request, *, deep: bool, started: float) -> PrefetchResult:
             revision=req.revision,
         )
     snapshot = req.snapshot(commit)
-
-    def read_local(path: str) -> bytes:
-        try:
-            return (snapshot / path).read_bytes()
-        except OSError as exc:
-            raise errors.OfflineCacheMissError(f"{req.label}: offline and {path} is not cached") from exc
-
-    selection = select(req, listing, read_local)
+    selection = select(req, listing, offline_reader(req.label, snapshot, listing))
     problems = check_files(snapshot, [listing[p] for p in selection.files], deep=deep)
     if problems:
         raise errors.OfflineCacheMissError(
@@ -146,6 +138,20 @@ def _fence(req: Request, lock: RepoLock) -> Callable[[], None]:
     return fence
 
 
+def _clean_temps(req: Request, lock: RepoLock) -> None:
+    """Remove temp files of dead writers, holding the lock. Where kernel locks cannot be trusted, a temp
+    file goes once seen unchanged for a lease TTL on this host's clock, or at once when the lease was
+    taken over from a dead holder (its writer)."""
+    s = req.settings
+    clean_orphan_temps(
+        s.cache_dir,
+        req.repo_type,
+        req.repo_id,
+        min_age_s=0.0 if lock.backend == "flock" else s.lease_ttl,
+        writers_gone=lock.succeeded_dead_holder,
+    )
+
+
 class _Evicted(errors.LockLostError):
     """Raised by the fence inside the flow; :func:`run` waits again (at most ``_MAX_EVICTIONS`` times)."""
 
@@ -164,10 +170,10 @@ def _locked(req: Request, lock: RepoLock, *, deep: bool, started: float, waited:
         listing = read_listing(req, commit) or fetch_listing(req, commit, fence=fence)[1]
     fetcher = Fetcher(req, commit, listing, fence=fence)
     fence()
-    clean_temps(req, kernel_locks=lock.backend == "flock")
+    _clean_temps(req, lock)
     if lock.probe.flock_raises:
         replace_blob_locks()
-    selection = select(req, listing, fetcher.read)
+    selection = select(req, listing, fetching_reader(req.label, fetcher, listing, fence=fence))
     fetcher.ensure(selection.files)
     expected = [listing[p] for p in selection.files]
     problems = check_files(req.snapshot(commit), expected, deep=deep)
@@ -192,7 +198,12 @@ def _locked(req: Request, lock: RepoLock, *, deep: bool, started: float, waited:
             ", ..." if len(unchecked) > 3 else "",
         )
     mark_absent(req, commit, listing, fence=fence)
-    write_stamp(req, commit, sizes, deep=deep, unchecked=unchecked, fence=fence)
+    try:
+        write_stamp(req, commit, sizes, deep=deep, unchecked=unchecked, fence=fence)
+    except errors.CacheWriteError as exc:
+        # Verified just now, only not recorded (a read-only repo folder beside a writable lock folder):
+        # serve it; the next call verifies again.
+        logger.debug("%s: stamp not written: %s", req.label, exc)
     return _result(
         req,
         commit,
@@ -207,27 +218,53 @@ def _locked(req: Request, lock: RepoLock, *, deep: bool, started: float, waited:
 
 
 def _unwritable(req: Request, exc: errors.CacheWriteError, *, deep: bool, started: float) -> PrefetchResult:
-    """A cache we cannot write (read-only mount, no permission): serve a verified snapshot if the
-    revision still points at it, with zero writes; otherwise say why nothing can be done."""
+    """A cache we cannot write (read-only mount, no permission): serve a verified snapshot of the commit
+    the revision still points at, with zero writes; otherwise one typed error naming cache and commit."""
     commit = known_commit(req, any_age=True)
     stamp = read_stamp(req, commit, deep=deep) if commit else None
-    if commit is None or stamp is None or not sizes_hold(req.snapshot(commit), stamp[0]):
-        raise exc
-    sizes, unchecked = stamp
+    sizes, unchecked = stamp if stamp is not None else (None, ())
+    listing = None
+    current = commit
     if not cache.is_commit_hash(req.revision):
-        api = HfApi(endpoint=req.settings.endpoint, token=req.token)
-        info = call_with_retries(
-            lambda: api.repo_info(req.repo_id, repo_type=req.repo_type, revision=req.revision),
-            what=req.label,
-            settings=req.settings,
-        )
-        if info.sha != commit:
-            raise errors.CacheWriteError(
-                f"{req.label} now points at {info.sha}, but the cache (not writable: {exc}) holds {commit}",
-                cached_commit=commit,
-                current_commit=info.sha,
-            ) from exc
-    return _result(req, commit, sizes, started=started, warm=True, unchecked=unchecked)
+        # One metadata request, which also gives the listing an unstamped snapshot is checked against.
+        current, listing = fetch_listing(req, req.revision)
+    if commit is not None and current != commit and sizes is not None:
+        raise errors.CacheWriteError(
+            f"{req.label} now points at {current}, but the cache {req.settings.cache_dir} "
+            f"(cannot be written: {exc}) holds {commit}",
+            path=exc.path,
+            errno=exc.errno,
+            cached_commit=commit,
+            current_commit=current,
+            repo_id=req.repo_id,
+            revision=req.revision,
+        ) from exc
+    assert current is not None  # a commit hash, or the Hub's answer
+    if current == commit and sizes is not None and sizes_hold(req.snapshot(current), sizes):
+        return _result(req, current, sizes, started=started, warm=True, unchecked=unchecked)
+    # No stamp (a cache filled by plain huggingface_hub, or read-only before we stamped it): verify it
+    # in place; nothing can be fetched, so any problem is final.
+    listing = listing or read_listing(req, current) or fetch_listing(req, current)[1]
+    snapshot = req.snapshot(current)
+    try:
+        selection = select(req, listing, offline_reader(req.label, snapshot, listing))
+        problems = check_files(snapshot, [listing[p] for p in selection.files], deep=deep)
+    except errors.OfflineCacheMissError as miss:
+        problems = [Problem(p, "missing", str(miss)) for p in miss.missing or ("an index file",)]
+    if problems:
+        raise errors.CacheWriteError(
+            f"{req.label}: the cache {req.settings.cache_dir} cannot be written ({exc}) and its snapshot of "
+            f"{current} is incomplete: " + ", ".join(f"{p.path} ({p.kind})" for p in problems[:5]),
+            path=exc.path or str(req.settings.cache_dir),
+            errno=exc.errno,
+            cached_commit=current if os.path.isdir(snapshot) else None,
+            current_commit=current,
+            repo_id=req.repo_id,
+            revision=req.revision,
+        ) from exc
+    sizes = {p: int(listing[p].size or 0) for p in selection.files}
+    unchecked = _unchecked(listing, selection.files)
+    return _result(req, current, sizes, started=started, warm=True, unchecked=unchecked)
 
 
 def run(
@@ -279,8 +316,13 @@ def run(
             if evictions > _MAX_EVICTIONS:
                 raise errors.LockLostError(str(exc), **exc.facts) from exc
             logger.warning("%s; stopped publishing, waiting for the lock again", exc)
+        except errors.CacheWriteError as exc:
+            # A writable lock folder beside read-only repo folders fails here, inside the lock.
+            unwritable = exc
+            break
         finally:
             lock.release()
+    return _unwritable(req, unwritable, deep=deep, started=started)
 
 
 def _holding(
@@ -295,9 +337,10 @@ def _holding(
         return _locked(req, lock, deep=deep, started=started, waited=waited)
     except _Evicted:
         raise  # not ours to clean any more: the new holder's temp files may be there
-    except Exception:
+    except BaseException:
         # huggingface_hub < 1.18 keeps a failed download's `<etag>.incomplete`: on a full disk that is
-        # the very space the next attempt needs, and nobody else would remove it until then.
+        # the very space the next attempt needs, and nobody else would remove it until then. Ctrl-C
+        # too: an interrupted warm must not leave temp files behind (live writers' are skipped).
         if lock.still_held():
-            clean_temps(req, kernel_locks=lock.backend == "flock")
+            _clean_temps(req, lock)
         raise

@@ -90,7 +90,7 @@ def known_commit(req: Request, *, any_age: bool) -> str | None:
         version=_RECORD_VERSION,
     )
     if record and record.get("revision") == req.revision and cache.is_commit_hash(str(record.get("commit"))):
-        age = time.time() - float(record.get("resolved_at", 0))
+        age = time.time() - _number(record.get("resolved_at"))
         if any_age or 0 <= age < s.revision_ttl:
             return str(record["commit"])
     if any_age:
@@ -113,7 +113,9 @@ def read_stamp(req: Request, commit: str, *, deep: bool) -> tuple[dict[str, int]
         return None
     files = stamp.get("files")
     unchecked = stamp.get("unchecked", [])
-    if not isinstance(files, dict) or not isinstance(unchecked, list):
+    if not isinstance(files, dict) or not all(type(v) is int for v in files.values()):
+        return None  # written by someone else, or damaged: not a stamp we can trust
+    if not isinstance(unchecked, list):
         return None
     return {str(k): int(v) for k, v in files.items()}, tuple(str(u) for u in unchecked)
 
@@ -152,7 +154,28 @@ def read_listing(req: Request, commit: str) -> dict[str, ExpectedFile] | None:
     )
     if not data or data.get("commit") != commit or not isinstance(data.get("files"), dict):
         return None
+    if not all(_listing_entry(raw) for raw in data["files"].values()):
+        logger.warning(
+            "ignoring %s: unexpected format",
+            cache.listing_path(s.cache_dir, req.repo_type, req.repo_id, commit),
+        )
+        return None
     return {path: ExpectedFile.from_json(path, raw) for path, raw in data["files"].items()}
+
+
+def _listing_entry(raw: object) -> bool:
+    """``[size, sha256, blob_id]`` as :meth:`ExpectedFile.to_json` writes it."""
+    if not isinstance(raw, list) or len(raw) > 3:
+        return False
+    size, sha256, blob_id = [*raw, None, None, None][:3]
+    return (size is None or type(size) is int) and all(
+        v is None or isinstance(v, str) for v in (sha256, blob_id)
+    )
+
+
+def _number(raw: object) -> float:
+    """A time recorded in a side file; 0 (long ago) when it is not a number."""
+    return float(raw) if isinstance(raw, (int, float)) and not isinstance(raw, bool) else 0.0
 
 
 def fetch_listing(
@@ -228,14 +251,18 @@ def store_listing(
 ) -> None:
     s = req.settings
     fence()
-    cache.atomic_write_json(
-        cache.listing_path(s.cache_dir, req.repo_type, req.repo_id, commit),
-        {
-            "version": _LISTING_VERSION,
-            "commit": commit,
-            "files": {p: e.to_json() for p, e in sorted(listing.items())},
-        },
-    )
+    try:
+        cache.atomic_write_json(
+            cache.listing_path(s.cache_dir, req.repo_type, req.repo_id, commit),
+            {
+                "version": _LISTING_VERSION,
+                "commit": commit,
+                "files": {p: e.to_json() for p, e in sorted(listing.items())},
+            },
+        )
+    except errors.CacheWriteError as exc:
+        # Only a saved request: a read-only cache still gets its answer (and asks again next time).
+        logger.debug("%s: listing not recorded: %s", req.label, exc)
 
 
 def listed_path(req: Request, commit: str, name: str) -> bool:
@@ -265,10 +292,20 @@ def record_revision(req: Request, commit: str, *, fence: Fence = _no_fence) -> N
         return
     s = req.settings
     fence()
-    cache.atomic_write_json(
-        cache.revision_record_path(s.cache_dir, req.repo_type, req.repo_id, req.revision),
-        {"version": _RECORD_VERSION, "revision": req.revision, "commit": commit, "resolved_at": time.time()},
-    )
+    try:
+        cache.atomic_write_json(
+            cache.revision_record_path(s.cache_dir, req.repo_type, req.repo_id, req.revision),
+            {
+                "version": _RECORD_VERSION,
+                "revision": req.revision,
+                "commit": commit,
+                "resolved_at": time.time(),
+            },
+        )
+    except errors.CacheWriteError as exc:
+        # A read-only repo folder (beside a writable lock folder): nothing to record, nothing to fix.
+        logger.debug("%s: revision not recorded: %s", req.label, exc)
+        return
     # Plain loaders that read refs/<revision> then see the same commit. Written only when it changes,
     # and atomically: huggingface_hub < 1.31 truncates and rewrites it in place, which is one cause of
     # the "does not appear to have a file named" race.
