@@ -1,6 +1,8 @@
 """A foreign error through a real proxy: a corporate proxy in front of the local Hub that drops the Hub's
-metadata headers, so huggingface_hub raises its ``FileMetadataError``. The strict API retries it within
-bounds and raises a typed ``HubUnavailableError``; the best-effort API logs it once and returns None."""
+metadata headers, so huggingface_hub's ``hf_hub_download`` raises its ``FileMetadataError``. Our engine
+asks no HEAD and checks against the listing: it loads through such a proxy, verified. With the
+``huggingface_hub`` engine, the strict API retries the foreign error within bounds and raises a typed
+``HubUnavailableError``; the best-effort API logs it once and returns None."""
 
 from __future__ import annotations
 
@@ -72,9 +74,19 @@ def stripping_proxy(local_hub: Any) -> Iterator[str]:
         server.server_close()
 
 
+def test_our_engine_loads_through_a_proxy_that_drops_the_hubs_headers(
+    local_hub: Any, stripping_proxy: str, hf_cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", stripping_proxy)
+    result = hub_prefetch.prefetch(SHARDED, [SUB], cache_dir=hf_cache)
+    assert result.unchecked == () and local_hub.counts()["head"] == 0
+    assert hub_prefetch.verify(SHARDED, [SUB], cache_dir=hf_cache, deep=True).ok
+
+
 def test_a_proxy_dropping_the_hubs_headers_is_typed_by_the_strict_api_and_skipped_by_best_effort(
     local_hub: Any, stripping_proxy: str, hf_cache: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
 ) -> None:
+    monkeypatch.setenv("HUB_PREFETCH_ENGINE", "huggingface_hub")
     monkeypatch.setenv("HF_ENDPOINT", stripping_proxy)
     monkeypatch.setenv("HUB_PREFETCH_MAX_ATTEMPTS", "2")
     monkeypatch.setenv("HUB_PREFETCH_BACKOFF", "0.01")
