@@ -24,6 +24,9 @@ variable                                  default      meaning
 ``HUB_PREFETCH_BACKOFF_MAX``              20           largest backoff delay in seconds
 ``HUB_PREFETCH_DOWNLOAD_WORKERS``         8            parallel file downloads
 ``HUB_PREFETCH_DEEP_VERIFY``              0            sha256 every weight file when verifying
+``HUB_PREFETCH_FANOUT``                   1            in a torch.distributed job, one domain downloads
+                                                       and the others get the files from peers (0: each
+                                                       cache domain downloads from the Hub)
 ========================================  ===========  ==============================================
 """
 
@@ -42,6 +45,7 @@ __all__ = ["LockBackendName", "Settings"]
 LockBackendName = Literal["auto", "flock", "lease"]
 _DEFAULT_ENDPOINT = "https://huggingface.co"
 _TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
 
 
 def _env_float(name: str, default: float | None) -> float | None:
@@ -88,6 +92,7 @@ class Settings:
     backoff_max: float = 20.0
     download_workers: int = 8
     deep_verify: bool = False
+    fanout: bool = True
     host_id: str | None = None
 
     @classmethod
@@ -112,6 +117,7 @@ class Settings:
             "backoff_max": _env_float("HUB_PREFETCH_BACKOFF_MAX", 20.0),
             "download_workers": int(_env_float("HUB_PREFETCH_DOWNLOAD_WORKERS", 8) or 1),
             "deep_verify": _env_flag("HUB_PREFETCH_DEEP_VERIFY"),
+            "fanout": os.environ.get("HUB_PREFETCH_FANOUT", "1").strip().lower() not in _FALSE,
             "host_id": os.environ.get("HUB_PREFETCH_HOST_ID") or None,
         }
         for key, value in overrides.items():

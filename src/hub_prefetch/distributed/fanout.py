@@ -1,0 +1,756 @@
+"""Peer fan-out: one cache domain downloads from the Hub, every other domain's leader gets the files
+from a peer over ``torch.distributed`` point-to-point, pipelined along a chain of domain leaders.
+
+The chain is the domain leaders in rank order; its head (rank 0's domain, which resolved the commit)
+is the *source*. Each leader serves the next one while it is still receiving, so N domains take about
+one download plus a few chunk times. The messages (:mod:`.transfer`)::
+
+    downstream -> upstream   RESUME(item)           "send me the manifest, then the items from here"
+    upstream -> downstream   MANIFEST(json)          commit, the commit's listing, the items in order
+                             DATA(item, offset) ...  chunks of an item, as soon as the sender has them
+                             END(item, ok)           ok=0: my copy was bad, the item starts again
+                             KEEPALIVE               sent while waiting (a Hub download, a lock)
+                             ABORT(ok, json)         ok=1: a typed error for every rank; 0: try elsewhere
+
+A receiver writes each item into its own partial file under its repo lock, hashes it while the bytes
+arrive, and publishes it into huggingface_hub's layout only when the listing's digest matches; then it
+records the listing and the revision and stamps the selection as a local prefetch would. The source
+reads what its own Hub download has published; a relay reads its own partial file as it grows.
+
+Faults: every wait is bounded by the lease TTL (gloo reports a dead peer at once, a stalled one after
+the TTL). A receiver whose upstream fails asks the leader before it (at most ``MAX_PEERS`` back), and
+a sender whose downstream fails serves the leader after it, so a dead relay is skipped; with no peer
+left the receiver downloads the rest from the Hub (plain :func:`~hub_prefetch.prefetch` under its repo
+lock) and goes on serving its downstream from that. A chunk corrupted in transit fails the digest:
+the receiver fetches that one file from the Hub and tells its own downstream to take it again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from huggingface_hub import hf_hub_download
+
+from .. import cache, errors
+from ..engine import Digest, etag_of, partial_path, publish
+from ..lock import RepoLock
+from ..prefetch import PrefetchResult, Request, record_revision, try_warm
+from ..prefetch.flow import select
+from ..prefetch.sidefiles import mark_absent, read_listing, write_stamp
+from ..retry import call_with_retries
+from ..verify import ExpectedFile, check_files
+from .transfer import (
+    ABORT,
+    CTRL_TAG,
+    DATA,
+    END,
+    KEEPALIVE,
+    MANIFEST,
+    RESUME,
+    Channel,
+    Message,
+    PeerFailed,
+)
+
+__all__ = ["CHUNK", "MAX_PEERS", "Fanout", "Manifest", "new_transfer_group"]
+
+logger = logging.getLogger("hub_prefetch.distributed")
+
+#: Bytes per DATA message.
+CHUNK = 1 << 20
+#: How many other leaders a receiver (a sender) tries before the Hub (giving up on its downstream).
+MAX_PEERS = 3
+#: RESUME from a leader whose cache is already warm: the manifest only, no items.
+NOTHING = 1 << 40
+_POLL = 0.02
+_LISTING_VERSION = 1  # prefetch.sidefiles' listing format
+
+
+# ----------------------------------------------------------------------------- the manifest
+
+
+@dataclass(frozen=True)
+class Item:
+    """One blob to transfer: its etag, size and digest, and every selected path that points at it."""
+
+    etag: str
+    expected: ExpectedFile
+    paths: tuple[str, ...]
+
+    @property
+    def size(self) -> int:
+        return int(self.expected.size or 0)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    commit: str
+    listing: dict[str, ExpectedFile]
+    selected: tuple[str, ...]
+    items: tuple[Item, ...]
+    hub_only: tuple[str, ...]  # selected files the listing gives no digest for: each domain asks the Hub
+
+    @classmethod
+    def build(cls, commit: str, listing: dict[str, ExpectedFile], order: list[str]) -> Manifest:
+        items: dict[str, list[str]] = {}
+        hub_only: list[str] = []
+        for path in order:
+            etag = etag_of(listing[path])
+            if etag is None or listing[path].size is None:
+                hub_only.append(path)
+            else:
+                items.setdefault(etag, []).append(path)
+        return cls(
+            commit,
+            listing,
+            tuple(sorted(order)),
+            tuple(Item(etag, listing[paths[0]], tuple(paths)) for etag, paths in items.items()),
+            tuple(hub_only),
+        )
+
+    def to_bytes(self) -> bytes:
+        return json.dumps(
+            {
+                "commit": self.commit,
+                "listing": {p: e.to_json() for p, e in self.listing.items()},
+                "order": [p for item in self.items for p in item.paths] + list(self.hub_only),
+            }
+        ).encode()
+
+    @classmethod
+    def from_bytes(cls, raw: bytes) -> Manifest:
+        data = json.loads(raw)
+        listing = {p: ExpectedFile.from_json(p, e) for p, e in data["listing"].items()}
+        return cls.build(str(data["commit"]), listing, [str(p) for p in data["order"]])
+
+    @property
+    def bytes_total(self) -> int:
+        return sum(int(self.listing[p].size or 0) for p in self.selected)
+
+
+def _manifest(
+    req: Request, commit: str, read: Callable[[str], bytes], listing_of: Callable[[], Any]
+) -> Manifest:
+    listing: dict[str, ExpectedFile] = listing_of()
+    selection = select(req, listing, read)
+    order = sorted(selection.metadata) + sorted(set(selection.weights) - set(selection.metadata))
+    return Manifest.build(commit, listing, order)
+
+
+# ----------------------------------------------------------------------------- what this node has
+
+
+class LocalCopy:
+    """How much of each item this node has, and where: shared by its receiver and its sender."""
+
+    def __init__(self) -> None:
+        self.cond = threading.Condition()
+        self.manifest: Manifest | None = None
+        self.avail: list[int] = []
+        self.path: list[Path | None] = []
+        self.final: list[bool] = []
+        self.gen: list[int] = []
+        self.error: dict[str, Any] | None = None  # a typed error every rank should raise
+        self.gave_up = False  # this node cannot serve (a local failure)
+
+    def set_manifest(self, manifest: Manifest) -> None:
+        with self.cond:
+            if self.manifest is not None:
+                return
+            n = len(manifest.items)
+            self.manifest = manifest
+            self.avail, self.path, self.final, self.gen = [0] * n, [None] * n, [False] * n, [0] * n
+            self.cond.notify_all()
+
+    def grow(self, j: int, path: Path, avail: int) -> None:
+        with self.cond:
+            self.path[j], self.avail[j] = path, avail
+            self.cond.notify_all()
+
+    def restart(self, j: int) -> None:
+        """Item ``j``'s bytes so far are void (a bad copy, a lost upstream): senders start it again."""
+        with self.cond:
+            if self.avail[j] or self.final[j]:
+                self.gen[j] += 1
+            self.avail[j], self.final[j], self.path[j] = 0, False, None
+            self.cond.notify_all()
+
+    def set_final(self, j: int, path: Path) -> None:
+        with self.cond:
+            assert self.manifest is not None
+            self.path[j], self.avail[j], self.final[j] = path, self.manifest.items[j].size, True
+            self.cond.notify_all()
+
+    def fail(self, error: dict[str, Any] | None) -> None:
+        with self.cond:
+            self.error, self.gave_up = error, True
+            self.cond.notify_all()
+
+    def complete(self) -> bool:
+        with self.cond:
+            return self.manifest is not None and all(self.final)
+
+
+# ----------------------------------------------------------------------------- the transfer group
+
+
+def new_transfer_group(dist: Any, group: Any, leaders: list[int], rank: int, ttl: float) -> Any:
+    """The gloo subgroup of the domain leaders, its timeout the lease TTL.
+
+    ``dist.new_group`` is a collective over the default group: with ``group=None`` every rank calls this,
+    at the point where every rank has just left the second exchange (milliseconds). With a caller's
+    subgroup only its leaders call it (``use_local_synchronization``), since ranks outside that
+    subgroup never get here. Returns the group and the leaders' global ranks.
+    """
+    glob = [int(dist.get_global_rank(group, r)) for r in leaders] if group is not None else list(leaders)
+    if group is not None and rank not in leaders:
+        return None, glob
+    sub = dist.new_group(
+        glob, timeout=timedelta(seconds=ttl), backend="gloo", use_local_synchronization=group is not None
+    )
+    return sub, glob
+
+
+# ----------------------------------------------------------------------------- one leader's part
+
+
+def _copy_of(req: Request, commit: str) -> Request:
+    return dataclasses.replace(req, revision=commit)
+
+
+def _in_snapshot(snapshot: Path, item: Item) -> Path | None:
+    path = snapshot / item.paths[0]
+    try:
+        return path if path.stat().st_size == item.size else None
+    except OSError:
+        return None
+
+
+def _everyone(exc: BaseException) -> bool:
+    """Would every domain get this error from the Hub too (so every rank should raise it)?"""
+    return isinstance(exc, (errors.HubAccessError, errors.InvalidRequestError, errors.HubUnavailableError))
+
+
+class Fanout:
+    """One domain leader's part of the fan-out: receive (or download), serve downstream, stamp.
+
+    ``download`` is the domain's own Hub download (the distributed flow's), used by the source and as
+    every receiver's last resort. :meth:`run` returns this domain's result as soon as its cache holds
+    the snapshot; :meth:`close` then waits until its downstream is served.
+    """
+
+    def __init__(
+        self,
+        *,
+        req: Request,
+        commit: str,
+        deep: bool | None,
+        channel: Channel,
+        chain: list[int],
+        me: int,
+        download: Callable[[], PrefetchResult],
+    ) -> None:
+        self.req = req
+        self.commit = commit
+        self.pinned = _copy_of(req, commit)
+        self.deep = req.settings.deep_verify if deep is None else deep
+        self.ch = channel
+        self.chain = chain
+        self.pos = chain.index(me)
+        self.me = me
+        self.download = download
+        self.copy = LocalCopy()
+        self.snapshot = self.pinned.snapshot(commit)
+        self.ttl = channel.timeout
+        self.received: list[str] = []
+        self.received_bytes = 0
+        self._sender = threading.Thread(target=self._serve, name="hub-prefetch-fanout-send", daemon=True)
+        self._stop = threading.Event()
+
+    # -------------------------------------------------------------------------------- entry points
+    def run(self) -> PrefetchResult:
+        self._sender.start()
+        started = time.monotonic()
+        if self.pos == 0:
+            return self._from_hub(started)
+        warm = try_warm(self.pinned, deep=self.deep, any_age=False, started=started)
+        if warm is not None:
+            return self._warm(warm)
+        return self._receive(started)
+
+    def close(self) -> None:
+        """Wait until the downstream is served (every step of it is bounded by the TTL)."""
+        if self._sender.ident is not None:
+            self._sender.join()
+
+    def abandon(self) -> None:
+        """This leader failed: its sender tells its downstream to look elsewhere."""
+        if not self.copy.gave_up:
+            self.copy.fail(None)
+
+    # -------------------------------------------------------------------------------- the source
+    def _from_hub(self, started: float) -> PrefetchResult:
+        """Download from the Hub in a thread (the domain's own flow, under its repo lock) and expose
+        each file to the sender as soon as it is published."""
+        box: dict[str, Any] = {}
+        done = threading.Event()
+
+        def work() -> None:
+            try:
+                box["result"] = self.download()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller below
+                box["error"] = exc
+            finally:
+                done.set()
+
+        thread = threading.Thread(target=work, name="hub-prefetch-fanout-hub", daemon=True)
+        thread.start()
+        try:
+            if self.copy.manifest is None:
+                self.copy.set_manifest(self._manifest_while(done, box))
+            self._watch(done)
+        except BaseException as exc:  # noqa: BLE001 - raised below, after the download thread ends
+            if not done.is_set():
+                thread.join()
+            if "error" not in box:
+                box["error"] = exc
+        thread.join()
+        if "error" in box:
+            failure: BaseException = box["error"]
+            self.copy.fail(errors.to_json(failure) if _everyone(failure) else None)
+            raise failure
+        result: PrefetchResult = box["result"]
+        self._watch(done)  # every item is published by now
+        if not self.copy.complete():
+            self.copy.fail(None)
+        return result
+
+    def _manifest_while(self, done: threading.Event, box: dict[str, Any]) -> Manifest:
+        def wait_for(get: Callable[[], Any], what: str) -> Any:
+            while True:
+                finished = done.is_set()
+                value = get()
+                if value is not None:
+                    return value
+                if finished:
+                    if "error" in box:
+                        raise box["error"]
+                    raise errors.IncompleteSnapshotError(
+                        f"{self.req.label}: {what} is not in the cache after its download",
+                        repo_id=self.req.repo_id,
+                        revision=self.req.revision,
+                    )
+                time.sleep(_POLL)
+
+        def listing() -> dict[str, ExpectedFile]:
+            return wait_for(lambda: read_listing(self.pinned, self.commit), "the listing")  # type: ignore[no-any-return]
+
+        def read(path: str) -> bytes:
+            size = listing()[path].size
+
+            def get() -> bytes | None:
+                with contextlib.suppress(OSError):
+                    target = self.snapshot / path
+                    if size is None or target.stat().st_size == size:
+                        return target.read_bytes()
+                return None
+
+            return wait_for(get, path)  # type: ignore[no-any-return]
+
+        return _manifest(self.pinned, self.commit, read, listing)
+
+    def _watch(self, done: threading.Event) -> None:
+        """Mark items final as the Hub download publishes them, until it ends."""
+        manifest = self.copy.manifest
+        assert manifest is not None
+        while True:
+            finished = done.is_set()
+            for j, item in enumerate(manifest.items):
+                if not self.copy.final[j] and (path := _in_snapshot(self.snapshot, item)) is not None:
+                    self.copy.set_final(j, path)
+            if finished or self.copy.complete():
+                return
+            done.wait(_POLL)
+
+    # -------------------------------------------------------------------------------- a warm leader
+    def _warm(self, warm: PrefetchResult) -> PrefetchResult:
+        """This cache already holds the snapshot: ask upstream for the manifest only, serve from disk."""
+        for upstream in self._upstreams():
+            try:
+                self.ch.send(upstream, RESUME, NOTHING, tag=CTRL_TAG)
+                manifest = self._await_manifest(upstream)
+            except PeerFailed as exc:
+                logger.info("rank %d: %s", self.me, exc)
+                continue
+            self.copy.set_manifest(manifest)
+            for j, item in enumerate(manifest.items):
+                path = _in_snapshot(self.snapshot, item)
+                if path is None:
+                    self.copy.fail(None)
+                    break
+                self.copy.set_final(j, path)
+            break
+        else:
+            self.copy.fail(None)
+        return dataclasses.replace(warm, revision=self.req.revision)
+
+    # -------------------------------------------------------------------------------- a receiver
+    def _upstreams(self) -> list[int]:
+        return self.chain[max(0, self.pos - MAX_PEERS) : self.pos][::-1]
+
+    def _await_manifest(self, upstream: int) -> Manifest:
+        while True:
+            msg = self.ch.recv(upstream)
+            if msg.kind == KEEPALIVE:
+                continue
+            if msg.kind == ABORT:
+                self._aborted(upstream, msg)
+            if msg.kind != MANIFEST:
+                raise PeerFailed(upstream, f"expected the manifest, got message kind {msg.kind}")
+            manifest = Manifest.from_bytes(msg.payload)
+            if manifest.commit != self.commit:
+                raise PeerFailed(upstream, f"offers commit {manifest.commit[:12]}, not {self.commit[:12]}")
+            return manifest
+
+    def _aborted(self, upstream: int, msg: Message) -> None:
+        if msg.value == 1 and msg.payload:
+            raise errors.from_json(json.loads(msg.payload), origin_rank=upstream)
+        raise PeerFailed(upstream, "it gave up")
+
+    def _receive(self, started: float) -> PrefetchResult:
+        lock = RepoLock(
+            self.req.settings.cache_dir,
+            self.req.repo_id,
+            repo_type=self.req.repo_type,
+            revision=self.commit,
+            settings=self.req.settings,
+        )
+        lock.acquire()
+        released = False
+        try:
+            fence = _fence(self.req, lock)
+            nxt = 0
+            for upstream in self._upstreams():
+                try:
+                    nxt = self._from_peer(upstream, nxt, fence)
+                except PeerFailed as exc:
+                    logger.warning("rank %d: %s; trying another source", self.me, exc)
+                    self._drop_partial(nxt)
+                    continue
+                return self._finish(lock, fence, started)
+            logger.warning(
+                "rank %d: no peer could send %s; downloading the rest from the Hub", self.me, self.req.label
+            )
+            lock.release()
+            released = True
+            return self._from_hub(started)
+        except BaseException as exc:
+            if not self.copy.gave_up:
+                self.copy.fail(
+                    errors.to_json(exc)
+                    if isinstance(exc, errors.HubPrefetchError) and _everyone(exc)
+                    else None
+                )
+            raise
+        finally:
+            if not released:
+                lock.release()
+
+    def _drop_partial(self, j: int) -> None:
+        manifest = self.copy.manifest
+        if manifest is None or j >= len(manifest.items):
+            return
+        self.copy.restart(j)
+        with contextlib.suppress(OSError):
+            partial_path(self.pinned, manifest.items[j].etag).unlink()
+
+    def _from_peer(self, upstream: int, nxt: int, fence: Callable[[], None]) -> int:
+        """Receive items ``nxt``... from ``upstream``; returns the number of items (all done)."""
+        self.ch.send(upstream, RESUME, nxt, tag=CTRL_TAG)
+        manifest = self._await_manifest(upstream)
+        self.copy.set_manifest(manifest)
+        assert self.copy.manifest is not None
+        manifest = self.copy.manifest  # the first one this receiver got
+        for j in range(nxt, len(manifest.items)):
+            self._item(upstream, j, manifest.items[j], fence)
+            nxt = j + 1
+        for name in manifest.hub_only:
+            self._hub_file(name)
+        return nxt
+
+    def _item(self, upstream: int, j: int, item: Item, fence: Callable[[], None]) -> None:
+        if (present := _in_snapshot(self.snapshot, item)) is not None and _digest_ok(present, item.expected):
+            # Already here (a partial earlier run): drain the stream, serve from disk.
+            self.copy.set_final(j, present)
+            self._drain(upstream, j)
+            return
+        partial = partial_path(self.pinned, item.etag)
+        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+        try:
+            digest, written = Digest(item.expected), 0
+            while True:
+                msg = self.ch.recv(upstream)
+                if msg.kind == KEEPALIVE:
+                    continue
+                if msg.kind == ABORT:
+                    self._aborted(upstream, msg)
+                if msg.kind == DATA and msg.item == j and msg.value == written:
+                    if written + len(msg.payload) > item.size:
+                        raise PeerFailed(upstream, f"sent more than {item.size} bytes of {item.paths[0]}")
+                    os.write(fd, msg.payload)
+                    digest.update(msg.payload)
+                    written += len(msg.payload)
+                    self.copy.grow(j, partial, written)
+                    continue
+                if msg.kind == END and msg.item == j and msg.value == 0:
+                    # The sender's own copy was bad: it sends the item again.
+                    os.ftruncate(fd, 0)
+                    os.lseek(fd, 0, os.SEEK_SET)
+                    digest, written = Digest(item.expected), 0
+                    self.copy.restart(j)
+                    continue
+                if msg.kind == END and msg.item == j:
+                    break
+                raise PeerFailed(upstream, f"out of order: kind {msg.kind} item {msg.item} at {j}/{written}")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if written == item.size and digest.matches():
+            publish(self.pinned, self.commit, item.etag, item.paths, partial, fence=fence)
+            self.copy.set_final(j, self.snapshot / item.paths[0])
+            self.received.extend(item.paths)
+            self.received_bytes += item.size
+            return
+        logger.warning(
+            "rank %d: %s from rank %d failed its check (%d of %d bytes, %s %s, expected %s); "
+            "fetching it from the Hub",
+            self.me,
+            item.paths[0],
+            upstream,
+            written,
+            item.size,
+            digest.kind,
+            digest.hexdigest()[:12],
+            digest.want[:12],
+        )
+        with contextlib.suppress(OSError):
+            partial.unlink()
+        self.copy.restart(j)
+        for name in item.paths:
+            self._hub_file(name)
+        self.copy.set_final(j, self.snapshot / item.paths[0])
+
+    def _drain(self, upstream: int, j: int) -> None:
+        while True:
+            msg = self.ch.recv(upstream)
+            if msg.kind == ABORT:
+                self._aborted(upstream, msg)
+            if msg.kind == END and msg.item == j and msg.value != 0:
+                return
+
+    def _hub_file(self, path: str) -> None:
+        """One file straight from the Hub (pinned to the commit), checked against the listing."""
+        s = self.req.settings
+        local = call_with_retries(
+            lambda: hf_hub_download(
+                self.req.repo_id,
+                path,
+                repo_type=self.req.repo_type,
+                revision=self.commit,
+                cache_dir=str(s.cache_dir),
+                endpoint=s.endpoint,
+                token=self.req.token,
+            ),
+            what=f"{self.req.repo_id}@{self.commit[:12]}/{path}",
+            settings=s,
+        )
+        expected = self.copy.manifest.listing[path] if self.copy.manifest else None
+        if expected is not None and not _digest_ok(Path(local), expected):
+            raise errors.ChecksumMismatchError(
+                f"{self.req.label}: {path} from the Hub does not match the listing's digest",
+                repo_id=self.req.repo_id,
+                revision=self.req.revision,
+            )
+        self.received.append(path)
+        self.received_bytes += int(expected.size or 0) if expected else 0
+
+    def _finish(self, lock: RepoLock, fence: Callable[[], None], started: float) -> PrefetchResult:
+        manifest = self.copy.manifest
+        assert manifest is not None
+        expected = [manifest.listing[p] for p in manifest.selected]
+        problems = check_files(self.snapshot, expected, deep=False)
+        if problems:
+            raise errors.IncompleteSnapshotError(
+                f"{self.req.label}: the snapshot received from peers is incomplete: "
+                + ", ".join(f"{p.path} ({p.kind})" for p in problems[:5]),
+                problems=[f"{p.path}: {p.kind}" for p in problems],
+            )
+        _record_listing(self.pinned, manifest, fence)
+        record_revision(self.req, self.commit, fence=fence)
+        mark_absent(self.pinned, self.commit, manifest.listing, fence=fence)
+        sizes = {p: int(manifest.listing[p].size or 0) for p in manifest.selected}
+        # Every transferred item was checked against its sha256 / git blob id on the way in.
+        write_stamp(self.pinned, self.commit, sizes, deep=True, fence=fence)
+        return PrefetchResult(
+            repo_id=self.req.repo_id,
+            repo_type=self.req.repo_type,
+            revision=self.req.revision,
+            commit=self.commit,
+            snapshot_path=str(self.snapshot),
+            files=manifest.selected,
+            bytes_total=manifest.bytes_total,
+            bytes_downloaded=self.received_bytes,
+            downloaded=tuple(sorted(self.received)),
+            elapsed_s=time.monotonic() - started,
+        )
+
+    # -------------------------------------------------------------------------------- the sender
+    def _downstreams(self) -> list[int]:
+        return self.chain[self.pos + 1 : self.pos + 1 + MAX_PEERS]
+
+    def _serve(self) -> None:
+        for downstream in self._downstreams():
+            try:
+                self._serve_one(downstream)
+            except PeerFailed as exc:
+                logger.warning("rank %d: %s; serving the next leader", self.me, exc)
+            except Exception:
+                logger.exception("rank %d: the fan-out sender failed", self.me)
+                return
+            else:
+                return
+
+    def _serve_one(self, downstream: int) -> None:
+        msg = self.ch.recv(downstream, tag=CTRL_TAG)
+        if msg.kind != RESUME:
+            raise PeerFailed(downstream, f"expected RESUME, got kind {msg.kind}")
+        self._stream(downstream, msg.item)
+
+    def _wait(self, ready: Callable[[], bool], downstream: int) -> None:
+        """Wait until ``ready()`` (under the copy's lock) or the copy fails; keep the peer alive."""
+        copy = self.copy
+        while True:
+            with copy.cond:
+                if copy.cond.wait_for(lambda: ready() or copy.gave_up, timeout=self.ttl / 4):
+                    if copy.gave_up and not ready():
+                        raise _GaveUp
+                    return
+            self.ch.send(downstream, KEEPALIVE)
+
+    def _stream(self, downstream: int, start: int) -> None:
+        copy = self.copy
+        try:
+            self._wait(lambda: copy.manifest is not None, downstream)
+        except _GaveUp:
+            self._abort(downstream)
+            return
+        manifest = copy.manifest
+        assert manifest is not None
+        self.ch.send(downstream, MANIFEST, payload=manifest.to_bytes())
+        for j in range(min(start, len(manifest.items)), len(manifest.items)):
+            try:
+                self._stream_item(downstream, j, manifest.items[j])
+            except _GaveUp:
+                self._abort(downstream)
+                return
+
+    def _abort(self, downstream: int) -> None:
+        error = self.copy.error
+        self.ch.send(
+            downstream, ABORT, value=1 if error else 0, payload=json.dumps(error).encode() if error else b""
+        )
+
+    def _stream_item(self, downstream: int, j: int, item: Item) -> None:
+        copy = self.copy
+        while True:  # once per generation of this item
+            with copy.cond:
+                gen = copy.gen[j]
+            sent, fd, first = 0, None, True
+            try:
+                while True:
+                    self._wait(
+                        lambda: copy.gen[j] != gen or copy.final[j] or copy.avail[j] > sent,  # noqa: B023
+                        downstream,
+                    )
+                    with copy.cond:
+                        stale = copy.gen[j] != gen
+                        avail, final, path = copy.avail[j], copy.final[j], copy.path[j]
+                    if stale:
+                        self.ch.send(downstream, END, j, 0)
+                        break
+                    if sent < avail and path is not None:
+                        if fd is None:
+                            try:
+                                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                            except FileNotFoundError:
+                                # Renamed into blobs/ between our read of its path and the open: the
+                                # receiver names the published file next.
+                                time.sleep(_POLL)
+                                continue
+                        data = os.pread(fd, min(CHUNK, avail - sent), sent)
+                        if not data:
+                            continue
+                        data = self.ch.corrupt(item.paths[0], first, data)
+                        self.ch.send(downstream, DATA, j, sent, data)
+                        sent += len(data)
+                        first = False
+                        continue
+                    if final and sent >= item.size:
+                        self.ch.send(downstream, END, j, 1)
+                        return
+            finally:
+                if fd is not None:
+                    os.close(fd)
+
+
+class _GaveUp(Exception):
+    pass
+
+
+def _fence(req: Request, lock: RepoLock) -> Callable[[], None]:
+    def fence() -> None:
+        if not lock.still_held():
+            raise errors.LockLostError(
+                f"{req.label}: the repo lock {lock.file} was taken from this receiver",
+                repo_id=req.repo_id,
+                revision=req.revision,
+            )
+
+    return fence
+
+
+def _digest_ok(path: Path, expected: ExpectedFile) -> bool:
+    digest = Digest(expected)
+    try:
+        with open(path, "rb") as fh:
+            while chunk := fh.read(CHUNK):
+                digest.update(chunk)
+    except OSError:
+        return False
+    return digest.matches()
+
+
+def _record_listing(req: Request, manifest: Manifest, fence: Callable[[], None]) -> None:
+    """The commit's listing, as :func:`~hub_prefetch.prefetch.sidefiles.fetch_listing` records it (so
+    ``verify``, ``repair`` and offline loads of this cache work without asking the Hub)."""
+    s = req.settings
+    fence()
+    cache.atomic_write_json(
+        cache.listing_path(s.cache_dir, req.repo_type, req.repo_id, manifest.commit),
+        {
+            "version": _LISTING_VERSION,
+            "commit": manifest.commit,
+            "files": {p: e.to_json() for p, e in sorted(manifest.listing.items())},
+        },
+    )

@@ -1,0 +1,373 @@
+"""One Hub download per torch.distributed job: node-local caches fed by peers (issue 14).
+
+Nodes are simulated as in ``test_distributed.py``: each rank is a real process with a host identity
+(``HUB_PREFETCH_HOST_ID``) and its node's own cache folder; gloo on 127.0.0.1, a FileStore. Rank 0's
+node downloads from the local Hub; every other node's leader receives the files along the chain of
+leaders. Faults are forced, not hoped for: the source's download is stalled mid-shard by the local Hub
+(``stall``), a process is killed only once the test has seen the state it wants (a blob published on
+that node), a chunk is corrupted by the sender's test knob (``HUB_PREFETCH_FANOUT_FAULT``).
+
+Figures (Hub bytes per model size, time until every rank loaded) are printed with ``-s``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import hub_prefetch
+
+pytestmark = pytest.mark.slow
+
+SHARDED = "tiny/sharded-bert"
+SUB = "text_encoder"
+SHARD = f"{SUB}/model-00002-of-00003.safetensors"
+HERE = Path(__file__).resolve().parent
+TARGET = f"{Path(__file__).stem}:rank_main"
+PRELOAD = (
+    "torch.distributed",
+    "transformers",
+    "transformers.models.bert.modeling_bert",
+    "hub_prefetch.testing.repos",
+    "hub_prefetch.distributed",
+)
+TTL = 3.0  # the lease TTL: also every peer transfer's timeout
+
+
+# ----------------------------------------------------------------------------- worker target
+
+
+def _load(repo_id: str, subfolder: str, commit: str, cache_dir: str) -> str:
+    import transformers
+
+    from hub_prefetch.testing.repos import tensor_fingerprint
+
+    transformers.logging.set_verbosity_error()
+    model = transformers.AutoModel.from_pretrained(
+        repo_id, subfolder=subfolder, revision=commit, cache_dir=cache_dir, local_files_only=True
+    )
+    return str(tensor_fingerprint(model))
+
+
+def rank_main(
+    *, rank: int, world: int, init_file: str, host_id: str, phases: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """One rank: join the group; per phase, prefetch_distributed then load with local_files_only."""
+    os.environ["HUB_PREFETCH_HOST_ID"] = host_id
+    from datetime import timedelta
+
+    import torch.distributed as dist
+
+    from hub_prefetch.distributed import prefetch_distributed
+
+    dist.init_process_group(
+        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=timedelta(seconds=120)
+    )
+    out: dict[str, Any] = {"rank": rank, "phases": []}
+    for phase in phases:
+        dist.barrier()
+        t0 = time.time()
+        rec: dict[str, Any] = {"t0": t0, "ok": False}
+        try:
+            result = prefetch_distributed(
+                SHARDED, [SUB], cache_dir=phase["cache_dir"], fanout=phase.get("fanout")
+            )
+        except Exception as exc:
+            rec.update(t1=time.time(), error_type=type(exc).__name__, error=str(exc))
+            out["phases"].append(rec)
+            continue
+        rec.update(
+            ok=True,
+            t1=time.time(),
+            commit=result.commit,
+            downloaded=list(result.downloaded),
+            bytes_total=result.bytes_total,
+        )
+        rec["fingerprint"] = _load(SHARDED, SUB, result.commit, phase["cache_dir"])
+        rec["t2"] = time.time()
+        out["phases"].append(rec)
+    return out
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _env(hf_env: dict[str, Any], **extra: str) -> dict[str, Any]:
+    env = dict(hf_env)
+    old = os.environ.get("PYTHONPATH")
+    env["PYTHONPATH"] = os.pathsep.join([str(HERE), *([old] if old else [])])
+    env["HUB_PREFETCH_LEASE_TTL"] = f"{TTL:g}"
+    env["HUB_PREFETCH_BACKOFF"] = "0.1"
+    env.update(extra)
+    return env
+
+
+def _caches(tmp_path: Path, hosts: Sequence[str], label: str) -> list[dict[str, Any]]:
+    return [{"cache_dir": str(tmp_path / label / h / "hub")} for h in hosts]
+
+
+def _pool(
+    env: dict[str, Any], tmp_path: Path, hosts: Sequence[str], phases: Sequence[Sequence[dict[str, Any]]]
+) -> Any:
+    from hub_prefetch.testing import WorkerPool
+
+    kwargs = [
+        {
+            "rank": r,
+            "world": len(hosts),
+            "init_file": str(tmp_path / "store"),
+            "host_id": host,
+            "phases": [dict(p[r]) for p in phases],
+        }
+        for r, host in enumerate(hosts)
+    ]
+    return WorkerPool(TARGET, kwargs, n=len(kwargs), env=env, timeout=150, preload=PRELOAD)
+
+
+def _ok(results: Sequence[Any]) -> list[dict[str, Any]]:
+    assert all(r.ok for r in results), [(r.index, r.error_type, r.error, r.stderr[-2500:]) for r in results]
+    return [r.value for r in results]
+
+
+def _phase(values: Sequence[dict[str, Any]], i: int) -> list[dict[str, Any]]:
+    return [{"rank": v["rank"], **v["phases"][i]} for v in values]
+
+
+def _window(hub: Any, recs: Sequence[dict[str, Any]]) -> list[Any]:
+    lo = min(r["t0"] for r in recs)
+    hi = max(r.get("t2", r["t1"]) for r in recs)
+    return [q for q in hub.requests() if lo <= q.t_start <= hi]
+
+
+def _get_bytes(requests: Sequence[Any]) -> int:
+    return sum(q.bytes_sent for q in requests if q.kind == "get")
+
+
+def _model_bytes(hub: Any, commit: str) -> int:
+    return sum(s.size for p, s in hub.store.files(SHARDED, commit).items() if p.startswith(f"{SUB}/"))
+
+
+def _blobs(cache_dir: str) -> list[str]:
+    folder = Path(cache_dir) / "models--tiny--sharded-bert" / "blobs"
+    try:
+        return [p.name for p in folder.iterdir() if not p.name.endswith(".incomplete")]
+    except OSError:
+        return []
+
+
+def _until(what: str, check: Callable[[], bool], timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.02)
+
+
+def _stalled(hub: Any) -> bool:
+    return any(q.filename == SHARD and q.bytes_sent > 0 and q.t_end is None for q in hub.requests())
+
+
+def _all_loaded(recs: Sequence[dict[str, Any]], built: Any) -> None:
+    assert all(r["ok"] for r in recs), recs
+    assert {r["commit"] for r in recs} == {built.commit}
+    assert {r["fingerprint"] for r in recs} == {built.fingerprint}
+
+
+# ----------------------------------------------------------------------------- fan-out
+
+
+@pytest.mark.parametrize(
+    ("nodes", "per_node"),
+    [(2, 2), (4, 2), (8, 1), pytest.param(8, 2, marks=pytest.mark.soak)],
+    ids=["2x2", "4x2", "8x1", "8x2"],
+)
+def test_one_hub_download_for_the_whole_job(
+    local_hub: Any, built_repos: Any, hf_env: dict[str, Any], tmp_path: Path, nodes: int, per_node: int
+) -> None:
+    """Node-local caches: the model comes from the Hub once (1.00x), every rank loads the same commit;
+    then the same job with the fan-out off, where every node downloads (N x)."""
+    built = built_repos["sharded"]
+    model = _model_bytes(local_hub, built.commit)
+    local_hub.set_bandwidth(model / 1.5)  # one download takes about 1.5 s
+    hosts = [f"node-{n}" for n in range(nodes) for _ in range(per_node)]
+    phases = [
+        _caches(tmp_path, hosts, "fanout"),
+        [{**c, "fanout": False} for c in _caches(tmp_path, hosts, "each")],
+    ]
+    with _pool(_env(hf_env), tmp_path, hosts, phases) as pool:
+        pool.wait_ready()
+        pool.go()
+        values = _ok(pool.results())
+    times = []
+    for i, expected in enumerate([1, nodes]):
+        recs = _phase(values, i)
+        _all_loaded(recs, built)
+        requests = _window(local_hub, recs)
+        served = _get_bytes(requests)
+        assert served == expected * model, (i, served, model)
+        for f in [p for p in local_hub.store.files(SHARDED, built.commit) if p.startswith(f"{SUB}/")]:
+            assert sum(q.full_body and q.filename == f for q in requests) == expected, f
+        times.append(max(r["t2"] for r in recs) - min(r["t0"] for r in recs))
+    # Only the source's leader downloaded from the Hub; the other leaders received; followers nothing.
+    fan = _phase(values, 0)
+    leaders = [n * per_node for n in range(nodes)]
+    assert [r["rank"] for r in fan if r["downloaded"]] == leaders
+    print(
+        f"\n[{nodes} nodes x {per_node} ranks] fan-out: Hub bytes {1.0:.2f}x, all loaded in {times[0]:.2f} s; "
+        f"every node downloads: Hub bytes {nodes:.2f}x, {times[1]:.2f} s ({times[0] / times[1]:.2f}x the time)"
+    )
+
+
+# ----------------------------------------------------------------------------- faults
+
+
+def _fault_run(
+    local_hub: Any,
+    hf_env: dict[str, Any],
+    tmp_path: Path,
+    hosts: Sequence[str],
+    *,
+    victim: int | None,
+    wait_blob_on: int | None = None,
+    env: dict[str, str] | None = None,
+    caches: list[dict[str, Any]] | None = None,
+) -> tuple[list[Any], float]:
+    """Stall the source's download mid-shard; kill ``victim`` once the stall is seen (and, with
+    ``wait_blob_on``, once that rank's node has a blob from a peer); then lift the stall."""
+    caches = caches or _caches(tmp_path, hosts, "local")
+    stall = local_hub.stall(f"*/{SHARD}", after_bytes=10_000)
+    with _pool(_env(hf_env, **(env or {})), tmp_path, hosts, [caches]) as pool:
+        pool.wait_ready()
+        pool.go()
+        _until("the source's download stalls mid-shard", lambda: _stalled(local_hub))
+        if wait_blob_on is not None:
+            _until(
+                f"rank {wait_blob_on}'s node has received a file",
+                lambda: bool(_blobs(caches[wait_blob_on]["cache_dir"])),
+            )
+        t_fault = time.time()
+        if victim is not None:
+            pool.kill(victim)
+        local_hub.clear_fault(stall)
+        results = pool.results()
+    return results, t_fault
+
+
+def _survivors(results: Sequence[Any], victim: int | None) -> list[dict[str, Any]]:
+    if victim is not None:
+        assert results[victim].error_type == "Killed"
+    return _phase(_ok([r for r in results if r.index != victim]), 0)
+
+
+def test_source_killed_mid_file(
+    local_hub: Any, built_repos: Any, hf_env: dict[str, Any], tmp_path: Path
+) -> None:
+    """The source's leader dies mid-shard: its host-mate takes over its node from the Hub; the first
+    receiver finds no peer before it and downloads the rest from the Hub, still serving the chain."""
+    built = built_repos["sharded"]
+    hosts = ["node-a", "node-a", "node-b", "node-c"]
+    results, t_kill = _fault_run(local_hub, hf_env, tmp_path, hosts, victim=0, wait_blob_on=2)
+    recs = _survivors(results, 0)
+    _all_loaded(recs, built)
+    model = _model_bytes(local_hub, built.commit)
+    served = local_hub.bytes_served()
+    assert served <= 2 * model, (served, model)
+    finished = max(r["t2"] for r in recs) - t_kill
+    assert finished < 2 * TTL + 30
+    print(
+        f"\n[source killed] Hub bytes {served / model:.2f}x; all survivors loaded {finished:.1f} s after the kill"
+    )
+
+
+def test_relay_killed_mid_chain(
+    local_hub: Any, built_repos: Any, hf_env: dict[str, Any], tmp_path: Path
+) -> None:
+    """The first receiver dies after it has relayed a file: the next leader resumes from the source,
+    the dead relay's host-mate takes its node over from the Hub."""
+    built = built_repos["sharded"]
+    hosts = ["node-a", "node-b", "node-b", "node-c"]
+    results, t_kill = _fault_run(local_hub, hf_env, tmp_path, hosts, victim=1, wait_blob_on=3)
+    recs = _survivors(results, 1)
+    _all_loaded(recs, built)
+    model = _model_bytes(local_hub, built.commit)
+    served = local_hub.bytes_served()
+    assert served <= 2 * model, (served, model)
+    finished = max(r["t2"] for r in recs) - t_kill
+    assert finished < 2 * TTL + 30
+    print(
+        f"\n[relay killed] Hub bytes {served / model:.2f}x; all survivors loaded {finished:.1f} s after the kill"
+    )
+
+
+def test_receiver_killed(local_hub: Any, built_repos: Any, hf_env: dict[str, Any], tmp_path: Path) -> None:
+    """The last receiver dies mid-transfer: nobody else waits for it; its host-mate downloads its node."""
+    built = built_repos["sharded"]
+    hosts = ["node-a", "node-b", "node-c", "node-c"]
+    results, t_kill = _fault_run(local_hub, hf_env, tmp_path, hosts, victim=2, wait_blob_on=2)
+    recs = _survivors(results, 2)
+    _all_loaded(recs, built)
+    model = _model_bytes(local_hub, built.commit)
+    served = local_hub.bytes_served()
+    assert served <= 2 * model, (served, model)
+    finished = max(r["t2"] for r in recs) - t_kill
+    assert finished < 2 * TTL + 30
+    print(
+        f"\n[receiver killed] Hub bytes {served / model:.2f}x; survivors loaded {finished:.1f} s after the kill"
+    )
+
+
+def test_chunk_corrupted_in_transit(
+    local_hub: Any, built_repos: Any, hf_env: dict[str, Any], tmp_path: Path
+) -> None:
+    """The source flips a byte of a shard it sends: the first receiver's digest catches it, it takes that
+    one file from the Hub and has the next leader take it again; nothing corrupt is published."""
+    built = built_repos["sharded"]
+    hosts = ["node-a", "node-b", "node-c"]
+    caches = _caches(tmp_path, hosts, "local")
+    env = _env(hf_env, HUB_PREFETCH_FANOUT_FAULT=f"corrupt:0:{SHARD}")
+    with _pool(env, tmp_path, hosts, [caches]) as pool:
+        pool.wait_ready()
+        pool.go()
+        values = _ok(pool.results())
+    recs = _phase(values, 0)
+    _all_loaded(recs, built)
+    model = _model_bytes(local_hub, built.commit)
+    served = local_hub.bytes_served()
+    shard = local_hub.store.files(SHARDED, built.commit)[SHARD].size
+    assert served == model + shard, (served, model, shard)
+    assert local_hub.times_served(SHARD) == 2
+    for c in caches:
+        report = hub_prefetch.verify(SHARDED, [SUB], cache_dir=c["cache_dir"], deep=True)
+        assert report.ok, str(report)
+    print(f"\n[chunk corrupted] Hub bytes {served / model:.2f}x (the model + the one shard again)")
+
+
+def test_read_only_cache_on_one_node(
+    local_hub: Any, built_repos: Any, hf_env: dict[str, Any], tmp_path: Path
+) -> None:
+    """The middle node's cache is complete and read-only (a read-only bind mount, root included): it
+    writes nothing, loads, and still serves the next node from its disk."""
+    from _faultkit import read_only_view
+
+    built = built_repos["sharded"]
+    hosts = ["node-a", "node-b", "node-c"]
+    caches = _caches(tmp_path, hosts, "local")
+    hub_prefetch.prefetch(SHARDED, [SUB], cache_dir=caches[1]["cache_dir"])
+    local_hub.reset_log()
+    with read_only_view(Path(caches[1]["cache_dir"])) as mounted:
+        if not mounted:
+            pytest.skip("a read-only bind mount needs root")
+        with _pool(_env(hf_env), tmp_path, hosts, [caches]) as pool:
+            pool.wait_ready()
+            pool.go()
+            values = _ok(pool.results())
+    recs = _phase(values, 0)
+    _all_loaded(recs, built)
+    model = _model_bytes(local_hub, built.commit)
+    assert _get_bytes(local_hub.requests()) == model
+    assert [r["rank"] for r in recs if r["downloaded"]] == [0, 2]
+    print("\n[read-only node] Hub bytes 1.00x; the read-only node served the next one from its disk")
