@@ -71,8 +71,8 @@ logger = logging.getLogger("hub_prefetch.distributed")
 CHUNK = 1 << 20
 #: How many other leaders a receiver (a sender) tries before the Hub (giving up on its downstream).
 MAX_PEERS = 3
-#: RESUME from a leader whose cache is already warm: the manifest only, no items.
-NOTHING = 1 << 40
+#: RESUME's value from a leader whose cache is already warm: the manifest only, no items.
+WARM = 1
 _POLL = 0.02
 _LISTING_VERSION = 1  # prefetch.sidefiles' listing format
 
@@ -388,7 +388,7 @@ class Fanout:
         """This cache already holds the snapshot: ask upstream for the manifest only, serve from disk."""
         for upstream in self._upstreams():
             try:
-                self.ch.send(upstream, RESUME, NOTHING, tag=CTRL_TAG)
+                self.ch.send(upstream, RESUME, WARM, tag=CTRL_TAG)
                 manifest = self._await_manifest(upstream)
             except PeerFailed as exc:
                 logger.info("rank %d: %s", self.me, exc)
@@ -440,15 +440,13 @@ class Fanout:
         released = False
         try:
             fence = _fence(self.req, lock)
-            nxt = 0
             for upstream in self._upstreams():
                 try:
-                    nxt = self._from_peer(upstream, nxt, fence)
+                    self._from_peer(upstream, fence)
                 except PeerFailed as exc:
                     logger.warning("rank %d: %s; trying another source", self.me, exc)
-                    self._drop_partial(nxt)
                     continue
-                return self._finish(lock, fence, started)
+                return self._finish(fence, started)
             logger.warning(
                 "rank %d: no peer could send %s; downloading the rest from the Hub", self.me, self.req.label
             )
@@ -457,107 +455,54 @@ class Fanout:
             return self._from_hub(started)
         except BaseException as exc:
             if not self.copy.gave_up:
-                self.copy.fail(
-                    errors.to_json(exc)
-                    if isinstance(exc, errors.HubPrefetchError) and _everyone(exc)
-                    else None
-                )
+                typed = isinstance(exc, errors.HubPrefetchError) and _everyone(exc)
+                self.copy.fail(errors.to_json(exc) if typed else None)
             raise
         finally:
             if not released:
                 lock.release()
 
-    def _drop_partial(self, j: int) -> None:
-        manifest = self.copy.manifest
-        if manifest is None or j >= len(manifest.items):
-            return
-        self.copy.restart(j)
-        with contextlib.suppress(OSError):
-            partial_path(self.pinned, manifest.items[j].etag).unlink()
-
-    def _from_peer(self, upstream: int, nxt: int, fence: Callable[[], None]) -> int:
-        """Receive items ``nxt``... from ``upstream``; returns the number of items (all done)."""
-        self.ch.send(upstream, RESUME, nxt, tag=CTRL_TAG)
-        manifest = self._await_manifest(upstream)
-        self.copy.set_manifest(manifest)
-        assert self.copy.manifest is not None
-        manifest = self.copy.manifest  # the first one this receiver got
-        for j in range(nxt, len(manifest.items)):
-            self._item(upstream, j, manifest.items[j], fence)
-            nxt = j + 1
-        for name in manifest.hub_only:
-            self._hub_file(name)
-        return nxt
-
-    def _item(self, upstream: int, j: int, item: Item, fence: Callable[[], None]) -> None:
-        if (present := _in_snapshot(self.snapshot, item)) is not None and _digest_ok(present, item.expected):
-            # Already here (a partial earlier run): drain the stream, serve from disk.
-            self.copy.set_final(j, present)
-            self._drain(upstream, j)
-            return
-        partial = partial_path(self.pinned, item.etag)
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o644)
+    def _from_peer(self, upstream: int, fence: Callable[[], None]) -> None:
+        """Receive every item this node lacks from ``upstream``, in the order it sends them."""
+        with self.copy.cond:
+            have = [j for j, final in enumerate(self.copy.final) if final]
+        self.ch.send(upstream, RESUME, 0, payload=json.dumps(have).encode(), tag=CTRL_TAG)
+        self.copy.set_manifest(self._await_manifest(upstream))
+        manifest = self.copy.manifest  # the first one this node got: the same commit, the same items
+        assert manifest is not None
+        todo = set(range(len(manifest.items))) - set(have)
+        incoming: _Incoming | None = None
         try:
-            digest, written = Digest(item.expected), 0
-            while True:
+            while todo:
                 msg = self.ch.recv(upstream)
                 if msg.kind == KEEPALIVE:
                     continue
                 if msg.kind == ABORT:
                     self._aborted(upstream, msg)
-                if msg.kind == DATA and msg.item == j and msg.value == written:
-                    if written + len(msg.payload) > item.size:
-                        raise PeerFailed(upstream, f"sent more than {item.size} bytes of {item.paths[0]}")
-                    os.write(fd, msg.payload)
-                    digest.update(msg.payload)
-                    written += len(msg.payload)
-                    self.copy.grow(j, partial, written)
-                    continue
-                if msg.kind == END and msg.item == j and msg.value == 0:
-                    # The sender's own copy was bad: it sends the item again.
-                    os.ftruncate(fd, 0)
-                    os.lseek(fd, 0, os.SEEK_SET)
-                    digest, written = Digest(item.expected), 0
-                    self.copy.restart(j)
-                    continue
-                if msg.kind == END and msg.item == j:
-                    break
-                raise PeerFailed(upstream, f"out of order: kind {msg.kind} item {msg.item} at {j}/{written}")
-            os.fsync(fd)
+                if msg.kind not in (DATA, END) or (incoming is None and msg.item not in todo):
+                    raise PeerFailed(upstream, f"out of protocol: kind {msg.kind} for item {msg.item}")
+                if incoming is None:
+                    incoming = _Incoming(self, msg.item)
+                if msg.item != incoming.j:
+                    raise PeerFailed(upstream, f"item {msg.item} while item {incoming.j} is unfinished")
+                if msg.kind == DATA:
+                    incoming.write(upstream, msg)
+                elif msg.value == 0:
+                    incoming.reset()  # the sender's own copy was bad: it sends the item again
+                else:
+                    incoming.finish(upstream, fence)
+                    todo.discard(incoming.j)
+                    incoming = None
         finally:
-            os.close(fd)
-        if written == item.size and digest.matches():
-            publish(self.pinned, self.commit, item.etag, item.paths, partial, fence=fence)
-            self.copy.set_final(j, self.snapshot / item.paths[0])
-            self.received.extend(item.paths)
-            self.received_bytes += item.size
-            return
-        logger.warning(
-            "rank %d: %s from rank %d failed its check (%d of %d bytes, %s %s, expected %s); "
-            "fetching it from the Hub",
-            self.me,
-            item.paths[0],
-            upstream,
-            written,
-            item.size,
-            digest.kind,
-            digest.hexdigest()[:12],
-            digest.want[:12],
-        )
-        with contextlib.suppress(OSError):
-            partial.unlink()
-        self.copy.restart(j)
-        for name in item.paths:
+            if incoming is not None:
+                incoming.abandon()
+        for name in manifest.hub_only:
             self._hub_file(name)
-        self.copy.set_final(j, self.snapshot / item.paths[0])
 
-    def _drain(self, upstream: int, j: int) -> None:
-        while True:
-            msg = self.ch.recv(upstream)
-            if msg.kind == ABORT:
-                self._aborted(upstream, msg)
-            if msg.kind == END and msg.item == j and msg.value != 0:
-                return
+    def _published(self, j: int, item: Item) -> None:
+        self.copy.set_final(j, self.snapshot / item.paths[0])
+        self.received.extend(item.paths)
+        self.received_bytes += item.size
 
     def _hub_file(self, path: str) -> None:
         """One file straight from the Hub (pinned to the commit), checked against the listing."""
@@ -585,7 +530,7 @@ class Fanout:
         self.received.append(path)
         self.received_bytes += int(expected.size or 0) if expected else 0
 
-    def _finish(self, lock: RepoLock, fence: Callable[[], None], started: float) -> PrefetchResult:
+    def _finish(self, fence: Callable[[], None], started: float) -> PrefetchResult:
         manifest = self.copy.manifest
         assert manifest is not None
         expected = [manifest.listing[p] for p in manifest.selected]
@@ -635,7 +580,29 @@ class Fanout:
         msg = self.ch.recv(downstream, tag=CTRL_TAG)
         if msg.kind != RESUME:
             raise PeerFailed(downstream, f"expected RESUME, got kind {msg.kind}")
-        self._stream(downstream, msg.item)
+        have = {int(j) for j in json.loads(msg.payload)} if msg.payload else set()
+        self._stream(downstream, warm=msg.value == WARM, have=have)
+
+    def _stream(self, downstream: int, *, warm: bool, have: set[int]) -> None:
+        """The manifest, then every item ``downstream`` lacks, each as soon as this node has bytes of it
+        (a complete item first): a shard stalled at the source does not hold the others back."""
+        copy = self.copy
+        try:
+            self._wait(lambda: copy.manifest is not None, downstream)
+            manifest = copy.manifest
+            assert manifest is not None
+            self.ch.send(downstream, MANIFEST, payload=manifest.to_bytes())
+            todo = [] if warm else [j for j in range(len(manifest.items)) if j not in have]
+            while todo:
+                self._wait(lambda: any(copy.final[j] or copy.avail[j] for j in todo), downstream)
+                with copy.cond:
+                    j = next((j for j in todo if copy.final[j]), None)
+                    if j is None:
+                        j = next(j for j in todo if copy.avail[j])
+                self._stream_item(downstream, j, manifest.items[j])
+                todo.remove(j)
+        except _GaveUp:
+            self._abort(downstream)
 
     def _wait(self, ready: Callable[[], bool], downstream: int) -> None:
         """Wait until ``ready()`` (under the copy's lock) or the copy fails; keep the peer alive."""
@@ -647,23 +614,6 @@ class Fanout:
                         raise _GaveUp
                     return
             self.ch.send(downstream, KEEPALIVE)
-
-    def _stream(self, downstream: int, start: int) -> None:
-        copy = self.copy
-        try:
-            self._wait(lambda: copy.manifest is not None, downstream)
-        except _GaveUp:
-            self._abort(downstream)
-            return
-        manifest = copy.manifest
-        assert manifest is not None
-        self.ch.send(downstream, MANIFEST, payload=manifest.to_bytes())
-        for j in range(min(start, len(manifest.items)), len(manifest.items)):
-            try:
-                self._stream_item(downstream, j, manifest.items[j])
-            except _GaveUp:
-                self._abort(downstream)
-                return
 
     def _abort(self, downstream: int) -> None:
         error = self.copy.error
@@ -712,6 +662,75 @@ class Fanout:
             finally:
                 if fd is not None:
                     os.close(fd)
+
+
+class _Incoming:
+    """One item arriving from a peer: written to this node's partial file and hashed on the way in."""
+
+    def __init__(self, fan: Fanout, j: int) -> None:
+        manifest = fan.copy.manifest
+        assert manifest is not None
+        self.fan, self.j, self.item = fan, j, manifest.items[j]
+        self.partial = partial_path(fan.pinned, self.item.etag)
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0)
+        self.fd: int | None = os.open(self.partial, flags, 0o644)
+        self.digest, self.written = Digest(self.item.expected), 0
+
+    def write(self, upstream: int, msg: Message) -> None:
+        if msg.value != self.written or self.written + len(msg.payload) > self.item.size:
+            raise PeerFailed(
+                upstream, f"chunk at {msg.value} of {self.item.paths[0]}, expected {self.written}"
+            )
+        assert self.fd is not None
+        os.write(self.fd, msg.payload)
+        self.digest.update(msg.payload)
+        self.written += len(msg.payload)
+        self.fan.copy.grow(self.j, self.partial, self.written)
+
+    def reset(self) -> None:
+        assert self.fd is not None
+        os.ftruncate(self.fd, 0)
+        os.lseek(self.fd, 0, os.SEEK_SET)
+        self.digest, self.written = Digest(self.item.expected), 0
+        self.fan.copy.restart(self.j)
+
+    def _close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def abandon(self) -> None:
+        """The peer failed mid-item: these bytes are void (a sender downstream starts the item again)."""
+        self._close()
+        self.fan.copy.restart(self.j)
+        with contextlib.suppress(OSError):
+            self.partial.unlink()
+
+    def finish(self, upstream: int, fence: Callable[[], None]) -> None:
+        fan, item = self.fan, self.item
+        assert self.fd is not None
+        os.fsync(self.fd)
+        self._close()
+        if self.written == item.size and self.digest.matches():
+            publish(fan.pinned, fan.commit, item.etag, item.paths, self.partial, fence=fence)
+            fan._published(self.j, item)
+            return
+        logger.warning(
+            "rank %d: %s from rank %d failed its check (%d of %d bytes, %s %s, expected %s); "
+            "fetching it from the Hub",
+            fan.me,
+            item.paths[0],
+            upstream,
+            self.written,
+            item.size,
+            self.digest.kind,
+            self.digest.hexdigest()[:12],
+            self.digest.want[:12],
+        )
+        self.abandon()
+        for name in item.paths:
+            fan._hub_file(name)
+        fan.copy.set_final(self.j, fan.snapshot / item.paths[0])
 
 
 class _GaveUp(Exception):
