@@ -218,8 +218,9 @@ def test_one_hub_download_for_the_whole_job(
     leaders = [n * per_node for n in range(nodes)]
     assert [r["rank"] for r in fan if r["downloaded"]] == leaders
     print(
-        f"\n[{nodes} nodes x {per_node} ranks] fan-out: Hub bytes {1.0:.2f}x, all loaded in {times[0]:.2f} s; "
-        f"every node downloads: Hub bytes {nodes:.2f}x, {times[1]:.2f} s ({times[0] / times[1]:.2f}x the time)"
+        f"\n[{nodes} nodes x {per_node} ranks] fan-out: Hub bytes 1.00x, all loaded in {times[0]:.2f} s; "
+        f"every node downloads: Hub bytes {nodes:.2f}x, {times[1]:.2f} s "
+        f"({times[0] / times[1]:.2f}x the time)"
     )
 
 
@@ -309,7 +310,8 @@ def test_source_killed_mid_file(
     finished = max(r["t2"] for r in recs) - t_kill
     assert finished < 2 * TTL + 30
     print(
-        f"\n[source killed] Hub bytes {served / model:.2f}x; all survivors loaded {finished:.1f} s after the kill"
+        f"\n[source killed] Hub bytes {served / model:.2f}x (the source lacked {again / model:.2f}x); "
+        f"all survivors loaded {finished:.1f} s after the kill"
     )
 
 
@@ -332,7 +334,8 @@ def test_relay_killed_mid_chain(
     finished = max(r["t2"] for r in recs) - t_kill
     assert finished < 2 * TTL + 30
     print(
-        f"\n[relay killed] Hub bytes {served / model:.2f}x; all survivors loaded {finished:.1f} s after the kill"
+        f"\n[relay killed] Hub bytes {served / model:.2f}x; "
+        f"all survivors loaded {finished:.1f} s after the kill"
     )
 
 
@@ -352,7 +355,8 @@ def test_receiver_killed(local_hub: Any, built_repos: Any, hf_env: dict[str, Any
     finished = max(r["t2"] for r in recs) - t_kill
     assert finished < 2 * TTL + 30
     print(
-        f"\n[receiver killed] Hub bytes {served / model:.2f}x; survivors loaded {finished:.1f} s after the kill"
+        f"\n[receiver killed] Hub bytes {served / model:.2f}x; "
+        f"survivors loaded {finished:.1f} s after the kill"
     )
 
 

@@ -38,7 +38,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from huggingface_hub import hf_hub_download
 
@@ -354,7 +354,10 @@ class Fanout:
                 time.sleep(_POLL)
 
         def listing() -> dict[str, ExpectedFile]:
-            return wait_for(lambda: read_listing(self.pinned, self.commit), "the listing")  # type: ignore[no-any-return]
+            return cast(
+                "dict[str, ExpectedFile]",
+                wait_for(lambda: read_listing(self.pinned, self.commit), "the listing"),
+            )
 
         def read(path: str) -> bytes:
             size = listing()[path].size
@@ -366,7 +369,7 @@ class Fanout:
                         return target.read_bytes()
                 return None
 
-            return wait_for(get, path)  # type: ignore[no-any-return]
+            return cast("bytes", wait_for(get, path))
 
         return _manifest(self.pinned, self.commit, read, listing)
 
