@@ -43,6 +43,7 @@ test-all: lint test-new test-old
 
 bench: $(VENV)/new/.installed $(VENV)/old/.installed
 	$(VENV)/new/bin/python -m benchmarks.run --quick
+	$(VENV)/new/bin/python -m benchmarks.fanout
 
 bench-full: $(VENV)/new/.installed $(VENV)/old/.installed
 	$(VENV)/new/bin/python -m benchmarks.run --full
