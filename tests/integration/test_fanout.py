@@ -55,10 +55,22 @@ def _load(repo_id: str, subfolder: str, commit: str, cache_dir: str) -> str:
 
 
 def rank_main(
-    *, rank: int, world: int, init_file: str, host_id: str, phases: list[dict[str, Any]]
+    *,
+    rank: int,
+    world: int,
+    init_file: str,
+    host_id: str,
+    phases: list[dict[str, Any]],
+    netns: str | None = None,
 ) -> dict[str, Any]:
-    """One rank: join the group; per phase, prefetch_distributed then load with local_files_only."""
+    """One rank: join the group; per phase, prefetch_distributed then load with local_files_only.
+    ``netns``: first move into that node's network namespace (gloo then talks over its ``eth0``)."""
     os.environ["HUB_PREFETCH_HOST_ID"] = host_id
+    if netns is not None:
+        from _netns import enter
+
+        enter(netns)
+        os.environ["GLOO_SOCKET_IFNAME"] = "eth0"
     from datetime import timedelta
 
     import torch.distributed as dist
@@ -112,7 +124,11 @@ def _caches(tmp_path: Path, hosts: Sequence[str], label: str) -> list[dict[str, 
 
 
 def _pool(
-    env: dict[str, Any], tmp_path: Path, hosts: Sequence[str], phases: Sequence[Sequence[dict[str, Any]]]
+    env: dict[str, Any],
+    tmp_path: Path,
+    hosts: Sequence[str],
+    phases: Sequence[Sequence[dict[str, Any]]],
+    netns: Sequence[str] | None = None,
 ) -> Any:
     from hub_prefetch.testing import WorkerPool
 
@@ -123,6 +139,7 @@ def _pool(
             "init_file": str(tmp_path / "store"),
             "host_id": host,
             "phases": [dict(p[r]) for p in phases],
+            **({"netns": netns[r]} if netns is not None else {}),
         }
         for r, host in enumerate(hosts)
     ]
@@ -411,3 +428,65 @@ def test_read_only_cache_on_one_node(
     assert _get_bytes(local_hub.requests()) == model
     assert [r["rank"] for r in recs if r["downloaded"]] == [0, 2]
     print("\n[read-only node] Hub bytes 1.00x; the read-only node served the next one from its disk")
+
+
+# ----------------------------------------------------------------------------- real links
+
+
+def _netns_refused() -> str | None:
+    from _netns import REFUSED
+
+    return REFUSED
+
+
+@pytest.mark.skipif(_netns_refused() is not None, reason=f"no network namespaces: {_netns_refused()}")
+def test_nodes_behind_rate_limited_links(
+    hub_store: Any, built_repos: Any, hf_env: dict[str, Any], tmp_path: Path
+) -> None:
+    """Four nodes, each in its own network namespace behind a veth pair limited by tc to 1 MB/s each way,
+    the Hub's uplink limited to the same rate: the fan-out has every rank's files in about one download's
+    time (the source relays each chunk as its own download writes it; each relay forwards as it
+    receives), where every node downloading shares the uplink four ways."""
+    from _netns import links
+
+    from hub_prefetch.testing import LocalHub
+
+    built = built_repos["sharded"]
+    nodes, rate = 4, 1_000_000.0
+    hosts = [f"node-{i}" for i in range(nodes)]
+    phases = [
+        _caches(tmp_path, hosts, "fanout"),
+        [{**c, "fanout": False} for c in _caches(tmp_path, hosts, "each")],
+    ]
+    with links(nodes, rate_mbit=rate * 8 / 1e6) as net:
+        hub = LocalHub(hub_store, host=net.hub_ip).start()
+        try:
+            hub.set_bandwidth(rate)
+            with _pool(
+                _env(hf_env, HF_ENDPOINT=hub.url), tmp_path, hosts, phases, netns=net.namespaces
+            ) as pool:
+                pool.wait_ready()
+                pool.go()
+                values = _ok(pool.results())
+            model = _model_bytes(hub, built.commit)
+            figures = []
+            for i, expected in enumerate([1, nodes]):
+                recs = _phase(values, i)
+                _all_loaded(recs, built)
+                requests = _window(hub, recs)
+                assert _get_bytes(requests) == expected * model
+                gets = [q for q in requests if q.kind == "get"]
+                download = max(q.t_end or q.t_start for q in gets) - min(q.t_start for q in gets)
+                ready = max(r["t1"] for r in recs) - min(r["t0"] for r in recs)
+                figures.append((download, ready))
+        finally:
+            hub.stop()
+    (one, fan), (_, each) = figures
+    print(
+        f"\n[{nodes} nodes behind {rate / 1e6:g} MB/s links] one Hub download {one:.2f} s; "
+        f"files on every rank: fan-out {fan:.2f} s ({fan / one:.2f}x), "
+        f"every node downloads {each:.2f} s ({each / one:.2f}x)"
+    )
+    # Bounded, not a benchmark: the fan-out stays near one download; every node downloading cannot.
+    assert fan < 1.6 * one + 2.0, figures
+    assert each > 0.9 * nodes * one, figures

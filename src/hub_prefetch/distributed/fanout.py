@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import logging
 import os
@@ -67,8 +68,8 @@ __all__ = ["CHUNK", "MAX_PEERS", "Fanout", "Manifest", "new_transfer_group"]
 
 logger = logging.getLogger("hub_prefetch.distributed")
 
-#: Bytes per DATA message.
-CHUNK = 1 << 20
+#: Bytes per DATA message: a relay forwards a chunk as soon as it has it, so this is the pipeline's step.
+CHUNK = 256 << 10
 #: How many other leaders a receiver (a sender) tries before the Hub (giving up on its downstream).
 MAX_PEERS = 3
 #: RESUME's value from a leader whose cache is already warm: the manifest only, no items.
@@ -275,6 +276,7 @@ class Fanout:
         self.ttl = channel.timeout
         self.received: list[str] = []
         self.received_bytes = 0
+        self.tailing = False  # True once this node streams its own Hub download (see _watch)
         self._sender = threading.Thread(target=self._serve, name="hub-prefetch-fanout-send", daemon=True)
         self._stop = threading.Event()
 
@@ -374,14 +376,23 @@ class Fanout:
         return _manifest(self.pinned, self.commit, read, listing)
 
     def _watch(self, done: threading.Event) -> None:
-        """Mark items final as the Hub download publishes them, until it ends."""
+        """Expose the Hub download to the sender until it ends: each item's growing temp file while
+        huggingface_hub writes it (``blobs/<etag>[.<id>].incomplete``, written front to back), the
+        published file once it is in the snapshot. What the sender took from a temp file is checked
+        against the digest as it goes out (:meth:`_stream_item`)."""
         manifest = self.copy.manifest
         assert manifest is not None
+        self.tailing = True
+        blobs = cache.blobs_dir(self.req.settings.cache_dir, self.req.repo_type, self.req.repo_id)
         while True:
             finished = done.is_set()
             for j, item in enumerate(manifest.items):
-                if not self.copy.final[j] and (path := _in_snapshot(self.snapshot, item)) is not None:
+                if self.copy.final[j]:
+                    continue
+                if (path := _in_snapshot(self.snapshot, item)) is not None:
                     self.copy.set_final(j, path)
+                elif (growing := _growing(blobs, item.etag, self.copy.avail[j])) is not None:
+                    self.copy.grow(j, *growing)
             if finished or self.copy.complete():
                 return
             done.wait(_POLL)
@@ -624,28 +635,36 @@ class Fanout:
             downstream, ABORT, value=1 if error else 0, payload=json.dumps(error).encode() if error else b""
         )
 
+    def _ready(self, j: int, gen: int, sent: int, again: bool) -> bool:
+        """Something to do for item ``j`` (called under the copy's lock)."""
+        copy = self.copy
+        return copy.gen[j] != gen or copy.final[j] or (copy.avail[j] > sent and not again)
+
     def _stream_item(self, downstream: int, j: int, item: Item) -> None:
         copy = self.copy
+        again = False  # sending the item again from its published file, after a failed check
         while True:  # once per generation of this item
             with copy.cond:
                 gen = copy.gen[j]
             sent, fd, first = 0, None, True
+            # What this node reads from a download in progress is checked on the way out: a temp file that
+            # was abandoned or written out of order must not reach the next node as good bytes.
+            check = Digest(item.expected) if self.tailing and not again else None
             try:
                 while True:
-                    self._wait(
-                        lambda: copy.gen[j] != gen or copy.final[j] or copy.avail[j] > sent,  # noqa: B023
-                        downstream,
-                    )
+                    self._wait(functools.partial(self._ready, j, gen, sent, again), downstream)
                     with copy.cond:
                         stale = copy.gen[j] != gen
                         avail, final, path = copy.avail[j], copy.final[j], copy.path[j]
                     if stale:
                         self.ch.send(downstream, END, j, 0)
                         break
-                    if sent < avail and path is not None:
+                    if sent < avail and path is not None and (final or not again):
                         if fd is None:
                             try:
                                 fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                                if final and not sent:
+                                    check = None  # the published file: the receiver checks it anyway
                             except FileNotFoundError:
                                 # Renamed into blobs/ between our read of its path and the open: the
                                 # receiver names the published file next.
@@ -653,13 +672,28 @@ class Fanout:
                                 continue
                         data = os.pread(fd, min(CHUNK, avail - sent), sent)
                         if not data:
+                            # A temp file left behind (a retried download writes a new one): reopen by name.
+                            os.close(fd)
+                            fd = None
+                            time.sleep(_POLL)
                             continue
+                        if check is not None:
+                            check.update(data)
                         data = self.ch.corrupt(item.paths[0], first, data)
                         self.ch.send(downstream, DATA, j, sent, data)
                         sent += len(data)
                         first = False
                         continue
                     if final and sent >= item.size:
+                        if check is not None and not check.matches():
+                            logger.warning(
+                                "rank %d: %s as read during its download fails its digest; sending it again",
+                                self.me,
+                                item.paths[0],
+                            )
+                            self.ch.send(downstream, END, j, 0)
+                            again = True  # from the published file; the receiver checks it as always
+                            break
                         self.ch.send(downstream, END, j, 1)
                         return
             finally:
@@ -738,6 +772,19 @@ class _Incoming:
 
 class _GaveUp(Exception):
     pass
+
+
+def _growing(blobs: Path, etag: str, avail: int) -> tuple[Path, int] | None:
+    """The largest temp file of blob ``etag`` being downloaded, if it holds more than ``avail`` bytes."""
+    best: tuple[Path, int] | None = None
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(blobs):
+            if entry.name.startswith(etag + ".") and entry.name.endswith(".incomplete"):
+                with contextlib.suppress(OSError):
+                    size = entry.stat(follow_symlinks=False).st_size
+                    if size > avail and (best is None or size > best[1]):
+                        best = (Path(entry.path), size)
+    return best
 
 
 def _fence(req: Request, lock: RepoLock) -> Callable[[], None]:
