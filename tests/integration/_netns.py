@@ -99,7 +99,7 @@ def links(nodes: int, *, rate_mbit: float, tag: str | None = None, net: int = 21
             )
             _must(
                 _IP, "netns", "exec", ns, _TC, "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", rate,
-                "burst", burst, "latency", "200ms",
+                "burst", burst, "latency", "20ms",
             )  # fmt: skip
         yield Links(names, f"{subnet}.254")
     finally:

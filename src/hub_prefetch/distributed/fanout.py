@@ -44,7 +44,7 @@ from typing import Any, cast
 from huggingface_hub import hf_hub_download
 
 from .. import cache, errors
-from ..engine import Digest, etag_of, partial_path, publish
+from ..engine import Digest, etag_of, partial_dir, partial_path, publish
 from ..lock import RepoLock
 from ..prefetch import PrefetchResult, Request, record_revision, try_warm
 from ..prefetch.flow import select
@@ -376,14 +376,19 @@ class Fanout:
         return _manifest(self.pinned, self.commit, read, listing)
 
     def _watch(self, done: threading.Event) -> None:
-        """Expose the Hub download to the sender until it ends: each item's growing temp file while
-        huggingface_hub writes it (``blobs/<etag>[.<id>].incomplete``, written front to back), the
+        """Expose the Hub download to the sender until it ends: each item's growing temp file while it is
+        written (huggingface_hub's ``blobs/<etag>[.<id>].incomplete``, the engine's partial file), the
         published file once it is in the snapshot. What the sender took from a temp file is checked
-        against the digest as it goes out (:meth:`_stream_item`)."""
+        against the digest as it goes out (:meth:`_stream_item`): a temp file written out of order or
+        abandoned costs a resend from the published file, never a bad byte downstream.
+
+        huggingface_hub writes a body in blocks of ``DOWNLOAD_CHUNK_SIZE`` (10 MB): a smaller file
+        appears only whole, and is relayed then."""
         manifest = self.copy.manifest
         assert manifest is not None
         self.tailing = True
         blobs = cache.blobs_dir(self.req.settings.cache_dir, self.req.repo_type, self.req.repo_id)
+        partials = partial_dir(self.pinned)
         while True:
             finished = done.is_set()
             for j, item in enumerate(manifest.items):
@@ -391,7 +396,7 @@ class Fanout:
                     continue
                 if (path := _in_snapshot(self.snapshot, item)) is not None:
                     self.copy.set_final(j, path)
-                elif (growing := _growing(blobs, item.etag, self.copy.avail[j])) is not None:
+                elif (growing := _growing((blobs, partials), item.etag, self.copy.avail[j])) is not None:
                     self.copy.grow(j, *growing)
             if finished or self.copy.complete():
                 return
@@ -774,16 +779,21 @@ class _GaveUp(Exception):
     pass
 
 
-def _growing(blobs: Path, etag: str, avail: int) -> tuple[Path, int] | None:
-    """The largest temp file of blob ``etag`` being downloaded, if it holds more than ``avail`` bytes."""
+def _growing(folders: tuple[Path, ...], etag: str, avail: int) -> tuple[Path, int] | None:
+    """The largest temp file of blob ``etag`` being downloaded, if it holds more than ``avail`` bytes:
+    ``<etag>.incomplete`` / ``<etag>.<id>.incomplete`` (huggingface_hub) or ``<etag>`` (a partial)."""
     best: tuple[Path, int] | None = None
-    with contextlib.suppress(OSError):
-        for entry in os.scandir(blobs):
-            if entry.name.startswith(etag + ".") and entry.name.endswith(".incomplete"):
-                with contextlib.suppress(OSError):
-                    size = entry.stat(follow_symlinks=False).st_size
-                    if size > avail and (best is None or size > best[1]):
-                        best = (Path(entry.path), size)
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            for entry in os.scandir(folder):
+                name = entry.name
+                if (name == etag and folder.name == "partial") or (
+                    name.startswith(etag + ".") and name.endswith(".incomplete")
+                ):
+                    with contextlib.suppress(OSError):
+                        size = entry.stat(follow_symlinks=False).st_size
+                        if size > avail and (best is None or size > best[1]):
+                            best = (Path(entry.path), size)
     return best
 
 
