@@ -33,6 +33,7 @@ import functools
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -76,6 +77,7 @@ MAX_PEERS = 3
 WARM = 1
 _POLL = 0.02
 _LISTING_VERSION = 1  # prefetch.sidefiles' listing format
+_DIGEST = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
 # ----------------------------------------------------------------------------- the manifest
@@ -108,7 +110,8 @@ class Manifest:
         hub_only: list[str] = []
         for path in order:
             etag = etag_of(listing[path])
-            if etag is None or listing[path].size is None:
+            # A peer's manifest names files in this cache: only a real digest may name a blob.
+            if etag is None or listing[path].size is None or not _DIGEST.fullmatch(etag):
                 hub_only.append(path)
             else:
                 items.setdefault(etag, []).append(path)
