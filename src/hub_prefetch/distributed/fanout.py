@@ -281,7 +281,6 @@ class Fanout:
         self.received_bytes = 0
         self.tailing = False  # True once this node streams its own Hub download (see _watch)
         self._sender = threading.Thread(target=self._serve, name="hub-prefetch-fanout-send", daemon=True)
-        self._stop = threading.Event()
 
     # -------------------------------------------------------------------------------- entry points
     def run(self) -> PrefetchResult:
@@ -300,14 +299,15 @@ class Fanout:
             self._sender.join()
 
     def abandon(self) -> None:
-        """This leader failed: its sender tells its downstream to look elsewhere."""
+        """No more local progress (this leader is done, or failed): its sender serves what this node has
+        and tells its downstream to look elsewhere for anything else."""
         if not self.copy.gave_up:
             self.copy.fail(None)
 
     # -------------------------------------------------------------------------------- the source
     def _from_hub(self, started: float) -> PrefetchResult:
         """Download from the Hub in a thread (the domain's own flow, under its repo lock) and expose
-        each file to the sender as soon as it is published."""
+        each file to the sender as it arrives: the source's part, and a receiver's last resort."""
         box: dict[str, Any] = {}
         done = threading.Event()
 
