@@ -395,27 +395,31 @@ def test_receiver_killed(local_hub: Any, built_repos: Any, hf_env: dict[str, Any
     )
 
 
-def test_corrupt_chunk_and_read_only_node(
+def test_error_corrupt_chunk_and_read_only_node(
     local_hub: Any, built_repos: Any, hf_env: dict[str, Any], tmp_path: Path
 ) -> None:
-    """Two phases of one three-node job:
+    """Three phases of one job of three nodes (the first with two ranks):
 
-    1. the source flips a byte of a shard it sends (its test knob): the first receiver's digest catches
+    1. the Hub refuses the source a shard (403): every rank of every node raises the same typed error,
+       at once (the source's ABORT travels down the chain; followers read their leader's outcome);
+    2. the source flips a byte of a shard it sends (its test knob): the first receiver's digest catches
        it, it takes that one file from the Hub and has the next leader take it again; nothing corrupt is
        published anywhere;
-    2. the middle node's cache is complete and read-only (a read-only bind mount, root included): it
+    3. the middle node's cache is complete and read-only (a read-only bind mount, root included): it
        writes nothing, loads, and still serves the next node from its disk.
     """
     from _faultkit import read_only_view
 
     built = built_repos["sharded"]
-    hosts = ["node-a", "node-b", "node-c"]
+    hosts = ["node-a", "node-a", "node-b", "node-c"]
+    refused = [{**c, "env": {FAULT: ""}} for c in _caches(tmp_path, hosts, "refused")]
     corrupt = [{**c, "env": {FAULT: f"corrupt:0:{SHARD}"}} for c in _caches(tmp_path, hosts, "corrupt")]
     read_only = [{**c, "env": {FAULT: ""}} for c in _caches(tmp_path, hosts, "ro")]
-    hub_prefetch.prefetch(SHARDED, [SUB], cache_dir=read_only[1]["cache_dir"])
+    hub_prefetch.prefetch(SHARDED, [SUB], cache_dir=read_only[2]["cache_dir"])
     local_hub.reset_log()
-    with read_only_view(Path(read_only[1]["cache_dir"])) as mounted:
-        phases = [corrupt, read_only] if mounted else [corrupt]
+    local_hub.fail(f"/{SHARDED}/resolve/*/{SHARD}", method="GET", status=403, count=1)
+    with read_only_view(Path(read_only[2]["cache_dir"])) as mounted:
+        phases = [refused, corrupt, read_only] if mounted else [refused, corrupt]
         with _pool(_env(hf_env), tmp_path, hosts, phases) as pool:
             pool.wait_ready()
             pool.go()
@@ -423,6 +427,13 @@ def test_corrupt_chunk_and_read_only_node(
     model = _model_bytes(local_hub, built.commit)
 
     recs = _phase(values, 0)
+    assert {r["error_type"] for r in recs} == {"GatedRepoError"}, recs
+    assert len({r["error"] for r in recs}) == 1
+    spread = max(r["t1"] for r in recs) - min(r["t1"] for r in recs)
+    assert spread < TTL, spread
+    print(f"\n[403 at the source] GatedRepoError on all {len(recs)} ranks within {spread:.2f} s")
+
+    recs = _phase(values, 1)
     _all_loaded(recs, built)
     requests = _window(local_hub, recs)
     served = _get_bytes(requests)
@@ -432,15 +443,15 @@ def test_corrupt_chunk_and_read_only_node(
     for c in corrupt:
         report = hub_prefetch.verify(SHARDED, [SUB], cache_dir=c["cache_dir"], deep=True)
         assert report.ok, str(report)
-    print(f"\n[chunk corrupted] Hub bytes {served / model:.2f}x (the model + the one shard again)")
+    print(f"[chunk corrupted] Hub bytes {served / model:.2f}x (the model + the one shard again)")
 
     if not mounted:
         print("[read-only node] not run: a read-only bind mount needs root")
         return
-    recs = _phase(values, 1)
+    recs = _phase(values, 2)
     _all_loaded(recs, built)
     assert _get_bytes(_window(local_hub, recs)) == model
-    assert [r["rank"] for r in recs if r["downloaded"]] == [0, 2]
+    assert [r["rank"] for r in recs if r["downloaded"]] == [0, 3]
     print("[read-only node] Hub bytes 1.00x; the read-only node served the next one from its disk")
 
 
