@@ -1,10 +1,11 @@
 """Simulated nodes with real links: one network namespace per node, joined to a bridge by a veth pair
 whose two ends are rate-limited with ``tc`` (tbf), so a node's uplink and downlink are real bottlenecks.
 
-The bridge carries ``10.<net>.0.254``; node ``i`` is ``10.<net>.0.<i+1>`` on its interface ``eth0``
-(one name inside every namespace: ``GLOO_SOCKET_IFNAME=eth0``). A local Hub bound to the bridge's
-address is reachable from every node. A worker joins its node with :func:`enter` (``setns``) before it
-opens any socket. Needs root, ``ip`` and ``tc``; :data:`REFUSED` says why not, for a skip.
+The bridge carries ``10.<net>.0.254`` (a /24 no interface uses yet); node ``i`` is
+``10.<net>.0.<i+1>`` on its interface ``eth0`` (one name inside every namespace:
+``GLOO_SOCKET_IFNAME=eth0``). A local Hub bound to the bridge's address is reachable from every node.
+A worker joins its node with :func:`enter` (``setns``) before it opens any socket. Needs root, ``ip``
+and ``tc``; :data:`REFUSED` says why not, for a skip.
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def _refusal() -> str | None:
     if not (os.path.exists(_IP) and os.path.exists(_TC)):
         return "ip or tc (iproute2) is not installed"
     try:
-        with links(1, rate_mbit=100.0, tag=f"p{os.getpid() % 10000}", net=254):
+        with links(1, rate_mbit=100.0, tag=f"p{os.getpid() % 10000}"):
             return None
     except OSError as exc:
         return f"the kernel refuses: {exc}"
@@ -57,10 +58,23 @@ class Links:
         return self.hub_ip.rsplit(".", 1)[0] + f".{i + 1}"
 
 
+def _free_net() -> int:
+    """A ``10.<net>.0.0/24`` no interface uses yet (the two stacks' suites may build links at once);
+    each process starts looking at its own offset."""
+    used = _run(_IP, "-4", "-o", "addr").stdout
+    start = os.getpid() % 50
+    for k in range(50):
+        net = 200 + (start + k) % 50
+        if f" 10.{net}.0." not in used:
+            return net
+    raise OSError("no free 10.200-249.0.0/24 subnet")
+
+
 @contextlib.contextmanager
-def links(nodes: int, *, rate_mbit: float, tag: str | None = None, net: int = 213) -> Iterator[Links]:
+def links(nodes: int, *, rate_mbit: float, tag: str | None = None, net: int | None = None) -> Iterator[Links]:
     """``nodes`` namespaces on one bridge, every link limited to ``rate_mbit`` in each direction."""
     tag = tag or str(os.getpid() % 100000)
+    net = _free_net() if net is None else net
     bridge = f"hpb{tag}"
     subnet = f"10.{net}.0"
     names = tuple(f"hpf{tag}n{i}" for i in range(nodes))
