@@ -68,3 +68,5 @@ def test_a_growing_download_is_its_largest_temp_file(tmp_path: Path) -> None:
     (partial / SHA_A).write_bytes(b"x" * 40)  # the engine's partial file
     assert _growing((blobs, partial), SHA_A, 30) == (partial / SHA_A, 40)
     assert _growing((blobs, partial), "f" * 64, 0) is None
+    (partial / f"{SHA_A}.parts").write_bytes(b"")  # a split download writes ranges ahead of its front
+    assert _growing((blobs, partial), SHA_A, 30) is None

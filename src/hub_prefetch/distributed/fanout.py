@@ -784,9 +784,13 @@ class _GaveUp(Exception):
 
 def _growing(folders: tuple[Path, ...], etag: str, avail: int) -> tuple[Path, int] | None:
     """The largest temp file of blob ``etag`` being downloaded, if it holds more than ``avail`` bytes:
-    ``<etag>.incomplete`` / ``<etag>.<id>.incomplete`` (huggingface_hub) or ``<etag>`` (a partial)."""
+    ``<etag>.incomplete`` / ``<etag>.<id>.incomplete`` (huggingface_hub) or ``<etag>`` (the engine's
+    partial file, when one stream writes it front to back: a split download, which has a ``.parts``
+    record beside it, writes ranges ahead of its front, so it is relayed once published)."""
     best: tuple[Path, int] | None = None
     for folder in folders:
+        if folder.name == "partial" and (folder / f"{etag}.parts").exists():
+            continue
         with contextlib.suppress(OSError):
             for entry in os.scandir(folder):
                 name = entry.name
