@@ -46,6 +46,7 @@ test-all: lint test-new test-old
 bench: $(VENV)/new/.installed $(VENV)/old/.installed
 	$(VENV)/new/bin/python -m benchmarks.run --quick
 	$(VENV)/new/bin/python -m benchmarks.engine --quick
+	$(VENV)/new/bin/python -m benchmarks.fanout
 
 bench-full: $(VENV)/new/.installed $(VENV)/old/.installed
 	$(VENV)/new/bin/python -m benchmarks.run --full

@@ -30,6 +30,9 @@ variable                                  default      meaning
                                                        hashed, resume, ranges) or ``huggingface_hub``
                                                        (one ``hf_hub_download`` per file)
 ``HUB_PREFETCH_DEEP_VERIFY``              0            sha256 every weight file when verifying
+``HUB_PREFETCH_FANOUT``                   1            in a torch.distributed job, one domain downloads
+                                                       and the others get the files from peers (0: each
+                                                       cache domain downloads from the Hub)
 ========================================  ===========  ==============================================
 """
 
@@ -49,6 +52,7 @@ LockBackendName = Literal["auto", "flock", "lease"]
 EngineName = Literal["hub_prefetch", "huggingface_hub"]
 _DEFAULT_ENDPOINT = "https://huggingface.co"
 _TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
 
 
 def _env_float(name: str, default: float | None) -> float | None:
@@ -97,6 +101,7 @@ class Settings:
     part_size: int = 16 << 20
     engine: EngineName = "hub_prefetch"
     deep_verify: bool = False
+    fanout: bool = True
     host_id: str | None = None
 
     @classmethod
@@ -129,6 +134,7 @@ class Settings:
             "part_size": max(1 << 16, int(_env_float("HUB_PREFETCH_PART_SIZE", 16 << 20) or 0)),
             "engine": engine,
             "deep_verify": _env_flag("HUB_PREFETCH_DEEP_VERIFY"),
+            "fanout": os.environ.get("HUB_PREFETCH_FANOUT", "1").strip().lower() not in _FALSE,
             "host_id": os.environ.get("HUB_PREFETCH_HOST_ID") or None,
         }
         for key, value in overrides.items():

@@ -103,6 +103,7 @@ def rank_main(
                 cache_dir=phase["cache_dir"],
                 group=group,
                 cache_scope=phase.get("scope", "auto"),
+                fanout=phase.get("fanout"),
             )
         except Exception as exc:
             rec.update(t1=time.time(), error_type=type(exc).__name__, error=str(exc))
@@ -216,29 +217,33 @@ def _model_files(hub: Any, commit: str, repo_id: str = SHARDED, sub: str = SUB) 
 def test_two_nodes_of_several_ranks_download_once_per_cache_domain(
     local_hub: Any, built_repos: Any, hf_env: dict[str, Any], tmp_path: Path, per_node: int
 ) -> None:
-    """Node-local caches: each file served once per node; one shared cache: once in all. Domains are
-    found by the probe files (scope "auto"), not declared."""
+    """Node-local caches: each file served once per node with the peer fan-out off, once in all with it
+    on (node-b's leader receives from node-a's); one shared cache: once in all. Domains are found by the
+    probe files (scope "auto"), not declared."""
     env = _env(hf_env)
     local_hub.set_bandwidth(1_000_000.0)
     hosts = ["node-a"] * per_node + ["node-b"] * per_node
-    local = [{"cache_dir": str(tmp_path / "local" / h / "hub")} for h in hosts]
+    local = [{"cache_dir": str(tmp_path / "local" / h / "hub"), "fanout": False} for h in hosts]
+    fanout = [{"cache_dir": str(tmp_path / "fanout" / h / "hub")} for h in hosts]
     shared = {"cache_dir": str(tmp_path / "shared" / "hub")}
     phases: list[dict[str, Any] | list[dict[str, Any]]] = [
         local,
         shared,
-        shared,
-    ]  # the last one finds the shared cache warm
+        shared,  # finds the shared cache warm
+        fanout,
+    ]
     values = _run(env, _ranks(tmp_path, hosts, phases, baseline_cache=str(tmp_path / "alone")))
     base = values[0]["baseline"]
     alone = base["t2"] - base["t0"]
     built = built_repos["sharded"]
     files = _model_files(local_hub, built.commit)
-    for i, (name, domains) in enumerate([("node-local", 2), ("shared", 1)]):
+    for i, (name, domains) in [(0, ("node-local", 2)), (1, ("shared", 1)), (3, ("node-local, fan-out", 1))]:
         recs = _phase(values, i)
         assert all(r["ok"] for r in recs), recs
         assert {r["commit"] for r in recs} == {built.commit}
         assert {r["fingerprint"] for r in recs} == {built.fingerprint}
-        assert [r["rank"] for r in recs if r["downloaded"]] == ([0, per_node] if domains == 2 else [0])
+        # With the fan-out, node-b's leader "downloaded" from node-a's, not from the Hub.
+        assert [r["rank"] for r in recs if r["downloaded"]] == ([0, per_node] if i != 1 else [0])
         requests = _window(local_hub, recs)
         for f in files:
             assert _served(requests, f) == domains, (name, f)
@@ -382,8 +387,15 @@ def test_errors_reach_every_rank_and_rate_limits_are_honoured(
     local_hub.fail("/api/models/tiny/root-bert*", status=429, count=1, retry_after=1)
     local_hub.fail("/tiny/root-bert/resolve/*", status=429, count=2, retry_after=1)
     shared = str(tmp_path / "shared" / "hub")
+    # Each domain asks the Hub itself here (no peer fan-out): the point is how each one's retries behave.
     local = [
-        {"repo_id": "tiny/root-bert", "subfolder": "", "cache_dir": str(tmp_path / h / "hub")} for h in hosts
+        {
+            "repo_id": "tiny/root-bert",
+            "subfolder": "",
+            "cache_dir": str(tmp_path / h / "hub"),
+            "fanout": False,
+        }
+        for h in hosts
     ]
     phases: list[Any] = [
         {"repo_id": "tiny/no-such-repo", "cache_dir": shared},

@@ -2,7 +2,9 @@
 
 * :mod:`.flow` — :func:`prefetch_distributed` (the protocol is in its docstring);
 * :mod:`.domains` — which ranks share a cache (:func:`plan_domains`);
-* :mod:`.beacon` — the leader's heartbeat file, and when a follower takes over.
+* :mod:`.beacon` — the leader's heartbeat file, and when a follower takes over;
+* :mod:`.fanout` — several cache domains: one downloads, the others' leaders receive from peers;
+* :mod:`.transfer` — the fan-out's framed, time-bounded messages over a gloo subgroup.
 
 ``torch`` is an optional dependency: it is imported only when :func:`prefetch_distributed` runs.
 """

@@ -12,6 +12,9 @@ length cannot trip the collective timeout. The protocol::
     rank 0       resolve the revision to a commit (one metadata request, none if recently resolved)
     collective   all_gather_object(visibility, rank 0: commit or error)             (one request long)
     leader       heartbeat file dist-<run>/leader-<rank>.json; prefetch; outcome-<rank>.json
+                 (several domains: rank 0's leader downloads, the others receive from peers,
+                 see :mod:`.fanout`; the leaders' gloo subgroup is created right after the second
+                 exchange, by every rank, so that collective is milliseconds long too)
     followers    poll the outcome file; take over (plain prefetch, which waits on the repo lock) when
                  the leader's heartbeat stops or its process is gone; raise the leader's typed error
 
@@ -58,6 +61,8 @@ from ..prefetch import run as run_request
 from ..settings import Settings
 from .beacon import FORMAT, Beacon, leader_dead
 from .domains import CacheScope, RankInfo, collect_garbage, plan_domains, probe_dir
+from .fanout import Fanout, new_transfer_group
+from .transfer import Channel
 
 __all__ = ["prefetch_distributed"]
 
@@ -132,14 +137,19 @@ def _serve_unwritable(run: _Run) -> PrefetchResult:
     return dataclasses.replace(result, revision=run.req.revision)
 
 
-def _lead(run: _Run, beat_interval: float) -> PrefetchResult:
+def _lead(run: _Run, beat_interval: float, fan: Fanout | None = None) -> PrefetchResult:
     collect_garbage(run.folder.parent, _DIST_PREFIX)
     collect_garbage(probe_dir(run.req.settings.cache_dir), "")
     beacon = Beacon(run.beacon_path, run.rank, run.me, beat_interval)
     outcome: dict[str, Any] = {"version": FORMAT, "leader": run.rank}
     try:
-        beacon.start()
-        result = _download(run)
+        try:
+            beacon.start()
+        except errors.CacheWriteError as exc:
+            # A read-only cache: a warm one still serves; followers that see no heartbeat check it themselves.
+            logger.warning("rank %d: no heartbeat file (%s); going on without", run.rank, exc)
+        # Several domains: this leader downloads (the source) or receives from peers, and serves the next.
+        result = fan.run() if fan is not None else _download(run)
     except Exception as exc:
         outcome.update(ok=False, error=errors.to_json(exc))
         raise
@@ -154,6 +164,10 @@ def _lead(run: _Run, beat_interval: float) -> PrefetchResult:
         beacon.stop()
         with contextlib.suppress(errors.CacheWriteError):
             cache.atomic_write_json(run.outcome_path, outcome)
+        if fan is not None:
+            # The followers are released; now serve the next leader to the end (each step bounded).
+            fan.abandon()
+            fan.close()
 
 
 def _follow(run: _Run, *, stale_after: float, poll: float) -> PrefetchResult:
@@ -273,6 +287,7 @@ def prefetch_distributed(
     group: Any = None,
     cache_scope: CacheScope = "auto",
     poll_interval: float = 0.1,
+    fanout: bool | None = None,
 ) -> PrefetchResult:
     """:func:`hub_prefetch.prefetch` on every rank of ``group`` (default: the default group), one download
     per cache domain, no long collective; every rank gets the same commit or the same typed error.
@@ -283,6 +298,11 @@ def prefetch_distributed(
     irrelevant to it. A follower takes over when its leader's heartbeat stays silent for
     ``HUB_PREFETCH_LEASE_TTL`` seconds, or at once when the leader's process is gone from the same host;
     ``HUB_PREFETCH_LOCK_TIMEOUT`` bounds the wait with :class:`~hub_prefetch.errors.LockTimeout`.
+
+    With several cache domains, only rank 0's domain downloads from the Hub; the other domains' leaders
+    receive the files from each other over point-to-point messages on a gloo subgroup of the leaders,
+    verify each against the listing's digest and publish it into their own cache (:mod:`.fanout`).
+    ``fanout=False`` (or ``HUB_PREFETCH_FANOUT=0``) makes every domain download from the Hub instead.
     """
     if cache_scope not in ("auto", "node", "shared"):
         raise errors.InvalidRequestError(f"cache_scope must be auto, node or shared, not {cache_scope!r}")
@@ -350,8 +370,10 @@ def prefetch_distributed(
                 commit = _resolve(req, offline=offline)
             except Exception as exc:  # noqa: BLE001 - every rank raises it after the exchange
                 own = exc
-    second: list[tuple[list[str], str | None, dict[str, Any] | None]] = _gather(
-        dist, (seen, commit, errors.to_json(own) if own is not None else None), size, group
+    # Whether this rank may take part in a peer fan-out (online, not switched off): all must agree.
+    willing = not offline and req is not None and (req.settings.fanout if fanout is None else fanout)
+    second: list[tuple[list[str], str | None, dict[str, Any] | None, bool]] = _gather(
+        dist, (seen, commit, errors.to_json(own) if own is not None else None, willing), size, group
     )
     if req is not None:
         with contextlib.suppress(OSError):
@@ -364,12 +386,15 @@ def prefetch_distributed(
         raise errors.from_json(second[0][2], origin_rank=0)
     assert req is not None  # no error anywhere, so this rank built its request
     commit = second[0][1]
-    plan = plan_domains(infos, [s for s, _c, _e in second], cache_scope)
+    plan = plan_domains(infos, [s for s, _c, _e, _w in second], cache_scope)
     domain = plan.domain_of(rank)
     run_id = cache.key_hash("dist-run-v1", *sorted(i.token for i in infos))
     # Only a rank that can write leads: a follower waits for the leader's outcome file.
     writable_ranks = {i.rank for i in infos if i.writable}
     writers = [r for r in domain if r in writable_ranks]
+    # The fan-out chain: the leader of every domain that has a writer (a domain that cannot write serves
+    # its own disk, or raises, and takes no part in the transfers).
+    leaders = sorted(w[0] for d in plan.domains if (w := [r for r in d if r in writable_ranks]))
     run = _Run(
         req=req,
         rank=rank,
@@ -390,9 +415,24 @@ def prefetch_distributed(
             [list(d) for d in plan.domains],
             (commit or "?")[:12],
         )
-    if not writable:
-        return _serve_unwritable(run)
     ttl = max(float(req.settings.lease_ttl), 0.1)
+    fan: Fanout | None = None
+    if commit is not None and len(leaders) > 1 and all(w for _s, _c, _e, w in second):
+        # A collective over the default group (every rank, right after the exchange above: milliseconds).
+        sub, chain = new_transfer_group(dist, group, leaders, rank, ttl)
+        if run.leader == rank:
+            me_global = chain[leaders.index(rank)]
+            fan = Fanout(
+                req=req,
+                commit=commit,
+                deep=deep,
+                channel=Channel(dist, sub, me_global, ttl),
+                chain=chain,
+                me=me_global,
+                download=lambda: _download(run),
+            )
+    if not writable:  # after the transfer group: creating it is a collective every rank enters
+        return _serve_unwritable(run)
     if run.leader == rank:
-        return _lead(run, beat_interval=ttl / 3.0)
+        return _lead(run, beat_interval=ttl / 3.0, fan=fan)
     return _follow(run, stale_after=ttl, poll=max(poll_interval, 0.005))

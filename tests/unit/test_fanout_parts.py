@@ -1,0 +1,72 @@
+"""The peer fan-out's pure parts: the manifest, the test fault knob, where a growing download is found."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from hub_prefetch.distributed.fanout import Manifest, _growing
+from hub_prefetch.distributed.transfer import _parse_fault
+from hub_prefetch.verify import ExpectedFile
+
+SHA_A = hashlib.sha256(b"a").hexdigest()
+SHA_B = hashlib.sha256(b"b").hexdigest()
+
+
+def _listing() -> dict[str, ExpectedFile]:
+    return {
+        "m/config.json": ExpectedFile("m/config.json", 10, None, "1" * 40),
+        "m/a.safetensors": ExpectedFile("m/a.safetensors", 100, SHA_A, "2" * 40),
+        "m/copy-of-a.safetensors": ExpectedFile("m/copy-of-a.safetensors", 100, SHA_A, "2" * 40),
+        "m/b.safetensors": ExpectedFile("m/b.safetensors", 200, SHA_B, "3" * 40),
+        "m/mirror.txt": ExpectedFile("m/mirror.txt", None, None, None),  # a mirror that lists no digest
+        "other/unused.bin": ExpectedFile("other/unused.bin", 5, None, "4" * 40),
+        "m/odd.json": ExpectedFile("m/odd.json", 5, None, "../../../etc/x"),  # never a blob name
+    }
+
+
+def test_manifest_groups_paths_by_blob_and_leaves_undigested_files_to_the_hub() -> None:
+    order = ["m/config.json", "m/a.safetensors", "m/copy-of-a.safetensors", "m/b.safetensors", "m/mirror.txt"]
+    manifest = Manifest.build("c" * 40, _listing(), [*order, "m/odd.json"])
+    assert [(i.etag, i.paths) for i in manifest.items] == [
+        ("1" * 40, ("m/config.json",)),
+        (SHA_A, ("m/a.safetensors", "m/copy-of-a.safetensors")),
+        (SHA_B, ("m/b.safetensors",)),
+    ]
+    assert manifest.hub_only == ("m/mirror.txt", "m/odd.json")
+    assert manifest.selected == tuple(sorted([*order, "m/odd.json"]))
+    assert manifest.bytes_total == 10 + 100 + 100 + 200 + 5
+    assert [i.size for i in manifest.items] == [10, 100, 200]
+
+
+def test_manifest_round_trips_through_bytes_in_the_same_order() -> None:
+    order = ["m/b.safetensors", "m/config.json", "m/a.safetensors", "m/copy-of-a.safetensors"]
+    manifest = Manifest.build("c" * 40, _listing(), order)
+    again = Manifest.from_bytes(manifest.to_bytes())
+    assert again == manifest
+    assert [i.etag for i in again.items] == [SHA_B, "1" * 40, SHA_A]
+
+
+def test_fault_knob_names_one_rank_and_a_glob() -> None:
+    assert _parse_fault("corrupt:0:*/model-0002*", 0) == "*/model-0002*"
+    assert _parse_fault("corrupt:0:*/model-0002*", 1) is None
+    assert _parse_fault("", 0) is None
+    assert _parse_fault("flip:0:x", 0) is None
+    assert _parse_fault("corrupt:zero:x", 0) is None
+
+
+def test_a_growing_download_is_its_largest_temp_file(tmp_path: Path) -> None:
+    blobs, partial = tmp_path / "blobs", tmp_path / "partial"
+    blobs.mkdir()
+    partial.mkdir()
+    (blobs / f"{SHA_A}.incomplete").write_bytes(b"x" * 10)  # huggingface_hub < 1.18
+    (blobs / f"{SHA_A}.1a2b3c4d.incomplete").write_bytes(b"x" * 30)  # one writer's own temp file
+    (blobs / SHA_A).write_bytes(b"x" * 99)  # a published blob is no temp file
+    (blobs / f"{SHA_B}.incomplete").write_bytes(b"x" * 50)
+    assert _growing((blobs, partial), SHA_A, 0) == (blobs / f"{SHA_A}.1a2b3c4d.incomplete", 30)
+    assert _growing((blobs, partial), SHA_A, 30) is None  # nothing beyond what was already sent
+    (partial / SHA_A).write_bytes(b"x" * 40)  # the engine's partial file
+    assert _growing((blobs, partial), SHA_A, 30) == (partial / SHA_A, 40)
+    assert _growing((blobs, partial), "f" * 64, 0) is None
+    (partial / f"{SHA_A}.parts").write_bytes(b"")  # a split download writes ranges ahead of its front
+    assert _growing((blobs, partial), SHA_A, 30) is None
