@@ -42,15 +42,12 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any, cast
 
-from huggingface_hub import hf_hub_download
-
 from .. import cache, errors
-from ..engine import Digest, etag_of, partial_dir, partial_path, publish
+from ..engine import Digest, Engine, etag_of, partial_dir, partial_path, publish
 from ..lock import RepoLock
 from ..prefetch import PrefetchResult, Request, record_revision, try_warm
 from ..prefetch.flow import select
-from ..prefetch.sidefiles import mark_absent, read_listing, write_stamp
-from ..retry import call_with_retries
+from ..prefetch.sidefiles import mark_absent, read_listing, store_listing, write_stamp
 from ..verify import ExpectedFile, check_files
 from .transfer import (
     ABORT,
@@ -76,7 +73,6 @@ MAX_PEERS = 3
 #: RESUME's value from a leader whose cache is already warm: the manifest only, no items.
 WARM = 1
 _POLL = 0.02
-_LISTING_VERSION = 1  # prefetch.sidefiles' listing format
 _DIGEST = re.compile(r"[0-9a-f]{40}|[0-9a-f]{64}")
 
 
@@ -279,6 +275,7 @@ class Fanout:
         self.ttl = channel.timeout
         self.received: list[str] = []
         self.received_bytes = 0
+        self._lock_fence: Callable[[], None] = lambda: None  # the repo lock's fence, once this node holds it
         self.tailing = False  # True once this node streams its own Hub download (see _watch)
         self._sender = threading.Thread(target=self._serve, name="hub-prefetch-fanout-send", daemon=True)
 
@@ -461,7 +458,7 @@ class Fanout:
         lock.acquire()
         released = False
         try:
-            fence = _fence(self.req, lock)
+            fence = self._lock_fence = _fence(self.req, lock)
             for upstream in self._upstreams():
                 try:
                     self._from_peer(upstream, fence)
@@ -527,30 +524,13 @@ class Fanout:
         self.received_bytes += item.size
 
     def _hub_file(self, path: str) -> None:
-        """One file straight from the Hub (pinned to the commit), checked against the listing."""
-        s = self.req.settings
-        local = call_with_retries(
-            lambda: hf_hub_download(
-                self.req.repo_id,
-                path,
-                repo_type=self.req.repo_type,
-                revision=self.commit,
-                cache_dir=str(s.cache_dir),
-                endpoint=s.endpoint,
-                token=self.req.token,
-            ),
-            what=f"{self.req.repo_id}@{self.commit[:12]}/{path}",
-            settings=s,
-        )
-        expected = self.copy.manifest.listing[path] if self.copy.manifest else None
-        if expected is not None and not _digest_ok(Path(local), expected):
-            raise errors.ChecksumMismatchError(
-                f"{self.req.label}: {path} from the Hub does not match the listing's digest",
-                repo_id=self.req.repo_id,
-                revision=self.req.revision,
-            )
+        """One file straight from the Hub (pinned to the commit), through the engine under this receiver's
+        repo lock: hashed as it streams, checked against the listing before it is published."""
+        manifest = self.copy.manifest
+        assert manifest is not None
+        outcome = Engine(self.pinned, self.commit, manifest.listing, fence=self._lock_fence).fetch([path])
         self.received.append(path)
-        self.received_bytes += int(expected.size or 0) if expected else 0
+        self.received_bytes += outcome.bytes_received
 
     def _finish(self, fence: Callable[[], None], started: float) -> PrefetchResult:
         manifest = self.copy.manifest
@@ -563,7 +543,7 @@ class Fanout:
                 + ", ".join(f"{p.path} ({p.kind})" for p in problems[:5]),
                 problems=[f"{p.path}: {p.kind}" for p in problems],
             )
-        _record_listing(self.pinned, manifest, fence)
+        store_listing(self.pinned, manifest.commit, manifest.listing, fence=fence)
         record_revision(self.req, self.commit, fence=fence)
         mark_absent(self.pinned, self.commit, manifest.listing, fence=fence)
         sizes = {p: int(manifest.listing[p].size or 0) for p in manifest.selected}
@@ -814,29 +794,3 @@ def _fence(req: Request, lock: RepoLock) -> Callable[[], None]:
             )
 
     return fence
-
-
-def _digest_ok(path: Path, expected: ExpectedFile) -> bool:
-    digest = Digest(expected)
-    try:
-        with open(path, "rb") as fh:
-            while chunk := fh.read(CHUNK):
-                digest.update(chunk)
-    except OSError:
-        return False
-    return digest.matches()
-
-
-def _record_listing(req: Request, manifest: Manifest, fence: Callable[[], None]) -> None:
-    """The commit's listing, as :func:`~hub_prefetch.prefetch.sidefiles.fetch_listing` records it (so
-    ``verify``, ``repair`` and offline loads of this cache work without asking the Hub)."""
-    s = req.settings
-    fence()
-    cache.atomic_write_json(
-        cache.listing_path(s.cache_dir, req.repo_type, req.repo_id, manifest.commit),
-        {
-            "version": _LISTING_VERSION,
-            "commit": manifest.commit,
-            "files": {p: e.to_json() for p, e in sorted(manifest.listing.items())},
-        },
-    )

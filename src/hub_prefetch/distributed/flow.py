@@ -420,7 +420,7 @@ def prefetch_distributed(
     if commit is not None and len(leaders) > 1 and all(w for _s, _c, _e, w in second):
         # A collective over the default group (every rank, right after the exchange above: milliseconds).
         sub, chain = new_transfer_group(dist, group, leaders, rank, ttl)
-        if run.leader == rank:
+        if run.leader == rank and rank in leaders:
             me_global = chain[leaders.index(rank)]
             fan = Fanout(
                 req=req,
