@@ -28,6 +28,7 @@ lint: $(VENV)/new/.installed
 	$(VENV)/new/bin/ruff format --check src tests benchmarks
 	$(VENV)/new/bin/mypy
 	$(VENV)/new/bin/mypy --config-file tests/mypy.ini tests/unit tests/integration tests/support tests/conftest.py benchmarks
+	@$(MAKE) --no-print-directory docs  # a few seconds: the strict site build (links, nav, docstrings)
 
 # Explicit targets: GNU make does not apply pattern rules to .PHONY targets.
 # One pytest cache per stack: the two suites may run at the same time.

@@ -246,7 +246,11 @@ def build_parser() -> argparse.ArgumentParser:
         "exit codes: 0 when every hub-prefetch worker loaded the right weights, 1 otherwise, 2 usage error",
     )
     p.add_argument(
-        "--workers", type=_positive_int, default=8, metavar="N", help="worker processes (default 8)"
+        "--workers",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="worker processes (default 6 per scenario; 8 with --scenario)",
     )
     p.add_argument(
         "--scenario",
