@@ -50,11 +50,15 @@ test:
 
 test-all: lint test-new test-old
 
+# Then the download engine's cells (benchmarks/engine.py): quick = 128 MB shards, full = 512 MB shards (GB of
+# random bytes under /tmp, deleted as each run ends).
 bench: $(VENV)/new/.installed $(VENV)/old/.installed
 	$(VENV)/new/bin/python -m benchmarks.run --quick
+	$(VENV)/new/bin/python -m benchmarks.engine --quick
 
 bench-full: $(VENV)/new/.installed $(VENV)/old/.installed
 	$(VENV)/new/bin/python -m benchmarks.run --full
+	$(VENV)/new/bin/python -m benchmarks.engine --full
 
 # The soak: random fault rounds (benchmarks/soak.py), then the full-size versions of the suite's many-worker
 # and many-run scenarios (the tests marked `soak`, which `make test` deselects) on both stacks.

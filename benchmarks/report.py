@@ -453,7 +453,11 @@ def write_report(results: dict[str, Any], out: Path, *, plots: bool = True) -> l
     path.write_text(json.dumps(results, indent=1, sort_keys=True))
     written.append(path)
     path = out / "README.md"
-    path.write_text(markdown(results))
+    from .engine_report import kept_section, splice
+
+    text = markdown(results)
+    engine = kept_section(out)  # the engine benchmark's section, written by benchmarks.engine
+    path.write_text(splice(text, engine) if engine else text)
     written.append(path)
     if plots:
         written += draw_plots(results, out)

@@ -1,8 +1,9 @@
 """mkdocs hooks of the hub-prefetch site (``hooks:`` in mkdocs.yml).
 
 - Pages that live elsewhere in the repo are added to the site as they are, never copied by hand:
-  ``CHANGELOG.md`` becomes ``changelog.md``, and ``benchmarks/results/`` (the table ``make bench`` writes
-  and its plots) becomes ``benchmarks/results.md`` with its images beside it.
+  ``CHANGELOG.md`` becomes ``changelog.md``, and ``benchmarks/results/`` (the tables ``make bench`` and
+  ``make bench-full`` write, and their plots) keeps its layout, each ``README.md`` as that folder's
+  ``index.md`` (a new results folder must be added to the nav: strict mode fails on a page outside it).
 - Every public member of the modules the API reference renders must have a docstring: one without is a
   warning, and ``mkdocs build --strict`` (``make docs``) fails on warnings. mkdocstrings would otherwise
   leave it out silently (``show_if_no_docstring: false``).
@@ -35,9 +36,16 @@ SHADOWED = ("prefetch.api.prefetch", "prefetch.api.verify", "prefetch.api.repair
 def on_files(files: Files, config: Any) -> Files:
     files.append(File.generated(config, "changelog.md", content=(ROOT / "CHANGELOG.md").read_text()))
     results = ROOT / "benchmarks" / "results"
-    files.append(File.generated(config, "benchmarks/results.md", content=(results / "README.md").read_text()))
-    for png in sorted(results.glob("*.png")):
-        files.append(File.generated(config, f"benchmarks/{png.name}", abs_src_path=str(png)))
+    for path in sorted(results.rglob("*")):
+        rel = path.relative_to(results)
+        if "tmp" in rel.parts or not path.is_file():
+            continue
+        if path.name == "README.md":  # benchmarks/results/X/README.md -> benchmarks/results/X/index.md
+            uri = (Path("benchmarks/results") / rel.parent / "index.md").as_posix()
+            files.append(File.generated(config, uri, content=path.read_text()))
+        elif path.suffix == ".png":
+            uri = (Path("benchmarks/results") / rel).as_posix()
+            files.append(File.generated(config, uri, abs_src_path=str(path)))
     return files
 
 

@@ -31,7 +31,7 @@ from huggingface_hub.errors import (
 from . import errors
 from .settings import Settings
 
-__all__ = ["Verdict", "backoff_delay", "call_with_retries", "classify"]
+__all__ = ["Verdict", "backoff_delay", "call_with_retries", "classify", "transient_or_raise"]
 
 logger = logging.getLogger("hub_prefetch.retry")
 T = TypeVar("T")
@@ -135,6 +135,21 @@ def backoff_delay(attempt: int, *, first: float, cap: float, hint: float | None 
     return random.uniform(0, min(cap, first * 2 ** (attempt - 1)))
 
 
+def transient_or_raise(exc: Exception, *, what: str, attempt: int, settings: Settings) -> float:
+    """Inside an ``except``: raise the typed error of what cannot heal, or of the last allowed attempt;
+    otherwise the delay before attempt ``attempt + 1``."""
+    verdict = classify(exc, what=what)
+    if not verdict.retry:
+        if verdict.error is exc:
+            raise exc
+        raise verdict.error from exc
+    if attempt >= settings.max_attempts:
+        raise errors.HubUnavailableError(
+            f"{what}: still failing after {attempt} attempts: {exc}", attempts=attempt
+        ) from exc
+    return backoff_delay(attempt, first=settings.backoff, cap=settings.backoff_max, hint=verdict.delay)
+
+
 def call_with_retries(
     fn: Callable[[], T],
     *,
@@ -148,18 +163,7 @@ def call_with_retries(
         attempt += 1
         try:
             return fn()
-        except Exception as exc:
-            verdict = classify(exc, what=what)
-            if not verdict.retry:
-                if verdict.error is exc:
-                    raise
-                raise verdict.error from exc
-            if attempt >= settings.max_attempts:
-                raise errors.HubUnavailableError(
-                    f"{what}: still failing after {attempt} attempts: {exc}", attempts=attempt
-                ) from exc
-            delay = backoff_delay(
-                attempt, first=settings.backoff, cap=settings.backoff_max, hint=verdict.delay
-            )
+        except Exception as exc:  # noqa: BLE001 - classified: raised typed, or retried
+            delay = transient_or_raise(exc, what=what, attempt=attempt, settings=settings)
             logger.info("%s: %s; retry %d/%d in %.2f s", what, exc, attempt, settings.max_attempts - 1, delay)
             sleep(delay)

@@ -24,8 +24,8 @@ variable                                  default      meaning
 ``HUB_PREFETCH_BACKOFF_MAX``              20           largest backoff delay in seconds
 ``HUB_PREFETCH_DOWNLOAD_WORKERS``         8            connections: files, and ranges of large files,
                                                        downloaded at once
-``HUB_PREFETCH_PART_SIZE``                64 MiB       a file of at least twice this size is split into
-                                                       ranges over several connections (bytes)
+``HUB_PREFETCH_PART_SIZE``                16 MiB       a file of at least twice this size is split into
+                                                       ranges of this size over several connections
 ``HUB_PREFETCH_ENGINE``                   hub_prefetch ``hub_prefetch`` (our engine: no HEAD, every byte
                                                        hashed, resume, ranges) or ``huggingface_hub``
                                                        (one ``hf_hub_download`` per file)
@@ -94,7 +94,7 @@ class Settings:
     backoff: float = 0.5
     backoff_max: float = 20.0
     download_workers: int = 8
-    part_size: int = 64 << 20
+    part_size: int = 16 << 20
     engine: EngineName = "hub_prefetch"
     deep_verify: bool = False
     host_id: str | None = None
@@ -126,7 +126,7 @@ class Settings:
             "backoff": _env_float("HUB_PREFETCH_BACKOFF", 0.5),
             "backoff_max": _env_float("HUB_PREFETCH_BACKOFF_MAX", 20.0),
             "download_workers": int(_env_float("HUB_PREFETCH_DOWNLOAD_WORKERS", 8) or 1),
-            "part_size": max(1 << 16, int(_env_float("HUB_PREFETCH_PART_SIZE", 64 << 20) or 0)),
+            "part_size": max(1 << 16, int(_env_float("HUB_PREFETCH_PART_SIZE", 16 << 20) or 0)),
             "engine": engine,
             "deep_verify": _env_flag("HUB_PREFETCH_DEEP_VERIFY"),
             "host_id": os.environ.get("HUB_PREFETCH_HOST_ID") or None,

@@ -323,7 +323,8 @@ def test_progress_line_shows_lock_wait_and_bytes(
     assert proc.returncode == 0, err
     text = (seen + err).decode()
     assert f"warm {REPO}@main: waiting for {REPO}@main: held by" in text
-    assert "arrived" in text  # bytes while downloading, on the same single line
+    # The engine's bytes of the total, rate and time left while downloading, on the same single line.
+    assert re.search(r"[\d.]+ [kM]?B of [\d.]+ [kM]B \([\d.]+ [kM]?B/s\)", text), text
     assert "\r" in text and "\n" not in text.rstrip("\n")  # redrawn in place, never scrolled
     assert "warmed" in out.decode()
     assert "%|" not in text

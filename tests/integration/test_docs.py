@@ -290,7 +290,8 @@ def test_the_site_builds_in_strict_mode(tmp_path: Path) -> None:
         assert f'id="hub_prefetch.{name}"' in api, name
     for name in ("prefetch", "verify", "repair"):  # shadowed by their modules: rendered from prefetch.api
         assert f'id="hub_prefetch.prefetch.api.{name}"' in api, name
-    assert (tmp_path / "site" / "benchmarks" / "time_to_all_ready.png").is_file()
+    assert (tmp_path / "site" / "benchmarks" / "results" / "time_to_all_ready.png").is_file()
+    assert (tmp_path / "site" / "benchmarks" / "results" / "engine-full" / "engine.png").is_file()
 
 
 @pytest.mark.slow

@@ -18,7 +18,15 @@ from hub_prefetch.verify import ExpectedFile
 
 @pytest.mark.parametrize(
     ("size", "part", "conns", "n"),
-    [(None, 10, 8, 1), (0, 10, 8, 1), (19, 10, 8, 1), (20, 10, 8, 2), (1000, 10, 8, 8), (1000, 10, 1, 1)],
+    [
+        (None, 10, 8, 1),
+        (0, 10, 8, 1),
+        (19, 10, 8, 1),
+        (20, 10, 8, 2),
+        (1000, 10, 8, 100),
+        (1005, 10, 8, 101),
+        (1000, 10, 1, 1),
+    ],
 )
 def test_plans_cover_the_file_exactly(size, part, conns, n):
     parts = plan_parts(size, part_size=part, connections=conns)
@@ -27,19 +35,20 @@ def test_plans_cover_the_file_exactly(size, part, conns, n):
         assert parts[0].start == 0 and parts[-1].end == size
         assert all(a.end == b.start for a, b in itertools.pairwise(parts))
         assert [p.index for p in parts] == list(range(n))
+        assert n == 1 or max(p.end - p.start for p in parts) <= part
 
 
 def test_the_record_survives_its_writer_and_a_foreign_one_is_ignored(tmp_path: Path):
     partial = tmp_path / "blob"
     partial.write_bytes(b"")
-    parts = plan_parts(1000, part_size=10, connections=4)
+    parts = plan_parts(1000, part_size=250, connections=4)
     record = PartsRecord(partial, 1000, parts)
     parts[1].done = 77
     record.update(parts[1])
     record.close()  # as if the writer died: the mapped page is in the file
     back = read_record(sidecar(partial), 1000)
     assert back is not None and [p.done for p in back] == [0, 77, 0, 0]
-    assert load_parts(partial, 1000, plan_parts(1000, part_size=10, connections=2))[1].done == 77
+    assert load_parts(partial, 1000, plan_parts(1000, part_size=500, connections=2))[1].done == 77
     assert read_record(sidecar(partial), 999) is None  # another size: not ours
     sidecar(partial).write_bytes(b"junk")
     assert [p.done for p in load_parts(partial, 1000, parts)] == [0, 0, 0, 0]

@@ -11,7 +11,8 @@ compressed body.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import functools
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 from huggingface_hub import constants, get_session, hf_hub_url, hf_raise_for_status
@@ -21,9 +22,10 @@ from .. import __name__ as _package
 from ..prefetch.request import Request
 from .parts import Part
 
-__all__ = ["RangeIgnored", "file_url", "open_part"]
+__all__ = ["RangeIgnored", "base_headers", "file_url", "open_part"]
 
 
+@functools.cache
 def _version() -> str:
     from importlib.metadata import PackageNotFoundError, version  # noqa: PLC0415 - once per request is cheap
 
@@ -43,9 +45,17 @@ def file_url(req: Request, commit: str, path: str) -> str:
     )
 
 
-def _headers(req: Request, part: Part, *, whole: bool) -> dict[str, str]:
+def base_headers(req: Request) -> dict[str, str]:
+    """What every body request of one download sends (token, user agent): built once per download, as
+    huggingface_hub reads the token file and probes the environment at every call (milliseconds each,
+    once per file of a 256-file repo)."""
     headers = build_hf_headers(token=req.token, library_name=_package, library_version=_version())
     headers["Accept-Encoding"] = "identity"
+    return headers
+
+
+def _headers(base: Mapping[str, str], part: Part, *, whole: bool) -> dict[str, str]:
+    headers = dict(base)
     if not whole:
         last = "" if part.end is None else str(part.end - 1)
         headers["Range"] = f"bytes={part.offset}-{last}"
@@ -53,16 +63,23 @@ def _headers(req: Request, part: Part, *, whole: bool) -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def open_part(req: Request, url: str, part: Part, *, single: bool) -> Iterator[Any]:
+def open_part(
+    req: Request, url: str, part: Part, *, single: bool, base: Mapping[str, str] | None = None
+) -> Iterator[Any]:
     """A streaming response for what ``part`` still lacks; raises huggingface_hub's typed errors.
 
-    The first request of a single-stream file sends no ``Range``, as ``hf_hub_download`` does.
+    The first request of a single-stream file sends no ``Range``, as ``hf_hub_download`` does. ``base``:
+    the headers of :func:`base_headers`, built once by the caller (else here).
     """
     whole = single and part.offset == 0
     timeout = constants.HF_HUB_DOWNLOAD_TIMEOUT
     session = get_session()
     with session.stream(
-        "GET", url, headers=_headers(req, part, whole=whole), timeout=timeout, follow_redirects=True
+        "GET",
+        url,
+        headers=_headers(base_headers(req) if base is None else base, part, whole=whole),
+        timeout=timeout,
+        follow_redirects=True,
     ) as response:
         if response.status_code >= 400:
             response.read()  # the error mapping reads the body (X-Error-Code, message)

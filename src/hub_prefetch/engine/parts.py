@@ -1,12 +1,16 @@
 """How a file is split into byte ranges, and the record that lets the next lock holder resume them.
 
-A file below twice the part size comes over one stream; a larger one is cut into equal ranges, at most
-one per connection, so one big shard fills the link. A single stream writes in order, so the partial
-file's length is its progress. Split files keep their ranges' progress in ``<partial>.parts``, a small
-binary record mapped into memory and updated after every chunk is written: a store to memory, no system
-call, and the page cache keeps it when the writer is killed, so the next holder resumes at the last
-written chunk. (After a machine crash the record may claim bytes the disk lost: whatever is resumed is
-hashed again from the first byte before anything is published, and a mismatch is fetched again.)
+A file below twice the part size comes over one stream; a larger one is cut into ranges of the part size,
+queued in file order, so one big shard fills every connection and its front advances steadily: the hash,
+which can only follow the contiguous front, runs during the download instead of reading most of the file
+back after its last byte (as it did with equal ranges, one per connection, that all finish together).
+
+A single stream writes in order, so the partial file's length is its progress. Split files keep their
+ranges' progress in ``<partial>.parts``, a small binary record mapped into memory and updated after every
+chunk is written: a store to memory, no system call, and the page cache keeps it when the writer is
+killed, so the next holder resumes at the last written chunk. (After a machine crash the record may claim
+bytes the disk lost: whatever is resumed is hashed again from the first byte before anything is
+published, and a mismatch is fetched again.)
 """
 
 from __future__ import annotations
@@ -49,8 +53,8 @@ def plan_parts(size: int | None, *, part_size: int, connections: int) -> list[Pa
         return [Part(0, None)]
     if size < 2 * part_size or connections < 2:
         return [Part(0, size)]
-    n = min(connections, math.ceil(size / part_size))
-    step = math.ceil(size / n)
+    n = math.ceil(size / part_size)
+    step = math.ceil(size / n)  # ranges of equal length, none longer than the part size
     return [Part(start, min(start + step, size), 0, i) for i, start in enumerate(range(0, size, step))]
 
 

@@ -18,7 +18,7 @@ import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
 from huggingface_hub.file_download import are_symlinks_supported
@@ -89,43 +89,74 @@ def _link(blob: Path, pointer: Path) -> None:
         raise
 
 
-def link_blob(req: Request, commit: str, etag: str, paths: Iterable[str], *, fence: Fence) -> None:
+def link_blob(
+    req: Request, commit: str, etag: str, paths: Iterable[str], *, fence: Fence, made: set[Path] | None = None
+) -> None:
     """Point ``paths`` of ``commit`` at the blob ``etag`` already in ``blobs/`` (checked by the caller)."""
     blob = cache.blobs_dir(req.settings.cache_dir, req.repo_type, req.repo_id) / etag
-    pointers = [req.snapshot(commit) / safe_repo_path(p) for p in paths]
-    try:
+    pointers = _pointers(req, commit, paths, made)
+    with _writing(req, f"link {etag}", blob):
         fence()
         for pointer in pointers:
-            cache.ensure_dir(pointer.parent)
-            _check_inside(req.snapshot(commit), pointer)
             _link(blob, pointer)
+
+
+def _pointers(req: Request, commit: str, paths: Iterable[str], made: set[Path] | None) -> list[Path]:
+    """The snapshot entries of ``paths``, their folders created inside the snapshot (never through a link).
+
+    ``made``: folders already created and checked in this download, so hundreds of files in one folder
+    cost one ``mkdir`` and one check, not hundreds.
+    """
+    snapshot = req.snapshot(commit)
+    pointers = [snapshot / safe_repo_path(p) for p in paths]
+    made = set() if made is None else made
+    with _writing(req, "create the snapshot folders", snapshot):
+        for pointer in pointers:
+            if pointer.parent not in made:
+                cache.ensure_dir(pointer.parent)
+                _check_inside(snapshot, pointer)
+                made.add(pointer.parent)
+    return pointers
+
+
+@contextlib.contextmanager
+def _writing(req: Request, what: str, path: Path) -> Iterator[None]:
+    try:
+        yield
     except OSError as exc:
         raise errors.CacheWriteError(
-            f"{req.label}: cannot link {etag}: {exc.strerror or exc}",
-            path=str(exc.filename or blob),
+            f"{req.label}: cannot {what}: {exc.strerror or exc}",
+            path=str(exc.filename or path),
             errno=exc.errno,
         ) from exc
 
 
 def publish(
-    req: Request, commit: str, etag: str, paths: Iterable[str], partial: Path, *, fence: Fence
+    req: Request,
+    commit: str,
+    etag: str,
+    paths: Iterable[str],
+    partial: Path,
+    *,
+    fence: Fence,
+    made: set[Path] | None = None,
 ) -> None:
     """Publish the verified ``partial`` as blob ``etag`` and as each of ``paths`` of ``commit``.
 
-    ``fence`` is called right before the first write: an evicted lock holder publishes nothing.
+    ``fence`` is called right before the first write: an evicted lock holder publishes nothing. ``made``:
+    the folders this download already created (see :func:`_pointers`).
     """
     paths = list(paths)
-    snapshot = req.snapshot(commit)
-    pointers = [snapshot / safe_repo_path(p) for p in paths]
     blobs = cache.blobs_dir(req.settings.cache_dir, req.repo_type, req.repo_id)
-    try:
-        fence()
+    fence()
+    pointers = _pointers(req, commit, paths, made)
+    with _writing(req, f"publish {etag}", partial):
         os.chmod(partial, cache.SHARED_FILE_MODE)
-        for pointer in pointers:
-            cache.ensure_dir(pointer.parent)
-            _check_inside(snapshot, pointer)
         if are_symlinks_supported(req.settings.cache_dir):
-            cache.ensure_dir(blobs)
+            if made is None or blobs not in made:
+                cache.ensure_dir(blobs)
+                if made is not None:
+                    made.add(blobs)
             blob = blobs / etag
             os.replace(partial, blob)
             for pointer in pointers:
@@ -137,10 +168,4 @@ def publish(
                 tmp = pointer.parent / f".{pointer.name}.{uuid.uuid4().hex[:12]}.copy"
                 shutil.copyfile(first, tmp)
                 os.replace(tmp, pointer)
-    except OSError as exc:
-        raise errors.CacheWriteError(
-            f"{req.label}: cannot publish {etag}: {exc.strerror or exc}",
-            path=str(exc.filename or partial),
-            errno=exc.errno,
-        ) from exc
     logger.debug("%s: published %s as %s", req.label, etag, ", ".join(paths))

@@ -19,14 +19,15 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from .. import cache, errors
 from ..prefetch.request import Request
 from ..prefetch.sidefiles import Fence
-from ..retry import backoff_delay, classify
+from ..retry import transient_or_raise
 from ..verify import ExpectedFile
 from .digest import Digest, Verdict, etag_of
-from .http import RangeIgnored, file_url, open_part
+from .http import RangeIgnored, base_headers, file_url, open_part
 from .job import FileJob
 from .parts import Part, drop_parts
 from .progress import Progress
@@ -38,6 +39,14 @@ logger = logging.getLogger("hub_prefetch.engine")
 
 _FENCE_EVERY_S = 0.5
 _JOIN_S = 1.0
+
+
+def _write_all(fd: int, data: bytes, offset: int) -> None:
+    """``pwrite`` until every byte is down: a filesystem running out of space writes short first."""
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
 
 
 class Cancelled(Exception):
@@ -75,6 +84,8 @@ class Engine:
         self._open_jobs: set[FileJob] = set()
         self._error: BaseException | None = None
         self._progress: Progress | None = None
+        self._made: set[Path] = set()  # folders created in this run: one mkdir each, not one per file
+        self._headers: dict[str, str] | None = None
 
     # -- entry ----------------------------------------------------------------------------------------
     def fetch(self, paths: Sequence[str]) -> Outcome:
@@ -134,7 +145,7 @@ class Engine:
                 by_blob[name].paths.append(path)
                 continue
             if etag and self._have_blob(etag, expected):
-                link_blob(self.req, self.commit, etag, [path], fence=self._fence)
+                link_blob(self.req, self.commit, etag, [path], fence=self._fence, made=self._made)
                 self.outcome.downloaded.append(path)  # relinked, as hf_hub_download would: no bytes
                 self.outcome.verdicts[path] = "verified"
                 continue
@@ -231,17 +242,8 @@ class Engine:
             except Cancelled:
                 raise
             except Exception as exc:
-                verdict = classify(exc, what=what)
-                if not verdict.retry:
-                    if verdict.error is exc:
-                        raise
-                    raise verdict.error from exc
-                attempts = 1 if part.done > before else attempts + 1
-                if attempts >= s.max_attempts:
-                    raise errors.HubUnavailableError(
-                        f"{what}: still failing after {attempts} attempts: {exc}", attempts=attempts
-                    ) from exc
-                delay = backoff_delay(attempts, first=s.backoff, cap=s.backoff_max, hint=verdict.delay)
+                attempts = 1 if part.done > before else attempts + 1  # progress starts the count again
+                delay = transient_or_raise(exc, what=what, attempt=attempts, settings=s)
                 logger.info("%s: %s; resuming at byte %d in %.2f s", what, exc, part.offset, delay)
                 if self.cancel.wait(delay):
                     raise Cancelled() from exc
@@ -249,7 +251,9 @@ class Engine:
 
     def _stream(self, job: FileJob, part: Part, gen: int, url: str) -> None:
         single = len(job.parts) == 1
-        with open_part(self.req, url, part, single=single) as response:
+        if self._headers is None:
+            self._headers = base_headers(self.req)  # once per download, not once per file
+        with open_part(self.req, url, part, single=single, base=self._headers) as response:
             if part.start == 0 and part.done == 0:
                 job.learn(response.headers)
                 if part.end is None and job.expected.size is not None:
@@ -261,7 +265,7 @@ class Engine:
                     break
                 offset = part.offset
                 try:
-                    os.pwrite(job.fd, chunk, offset)
+                    _write_all(job.fd, chunk, offset)
                 except OSError as exc:
                     raise self._cache_error(exc, job) from exc
                 job.wrote(part, offset, chunk)
@@ -311,7 +315,7 @@ class Engine:
         job.close()
         self.fence(force=True)
         try:
-            publish(self.req, self.commit, etag, job.paths, job.partial, fence=self._fence)
+            publish(self.req, self.commit, etag, job.paths, job.partial, fence=self._fence, made=self._made)
         except errors.CacheWriteError as exc:
             if exc.errno != errno.ENOENT:
                 raise
@@ -326,7 +330,7 @@ class Engine:
                 self._start(job, fresh=True)
                 return
             logger.info("%s: %s was published by another holder; linking it", self.req.label, job.paths[0])
-            link_blob(self.req, self.commit, etag, job.paths, fence=self._fence)
+            link_blob(self.req, self.commit, etag, job.paths, fence=self._fence, made=self._made)
         drop_parts(job.partial)
         with self._lock:
             self._open_jobs.discard(job)
