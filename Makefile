@@ -3,23 +3,32 @@ PYTHON ?= python3
 VENV := .venv
 STACKS := new old
 PYTEST_ARGS ?=
+# The new stack also gets the docs tools: `make docs`, and the suite's strict build of the site (test_docs.py).
+EXTRAS_new := test,lint,bench,docs
+EXTRAS_old := test,lint,bench
 
-.PHONY: demo test test-all lint test-new test-old bench bench-full soak clean
+.PHONY: demo docs test test-all lint test-new test-old bench bench-full soak clean
 
 $(VENV)/%/.installed: pyproject.toml stacks/%.txt
 	$(PYTHON) -m venv $(VENV)/$*
 	$(VENV)/$*/bin/pip install --quiet --disable-pip-version-check --upgrade pip
-	$(VENV)/$*/bin/pip install --quiet --disable-pip-version-check -r stacks/$*.txt -e '.[test,lint,bench]'
+	$(VENV)/$*/bin/pip install --quiet --disable-pip-version-check -r stacks/$*.txt -e '.[$(EXTRAS_$*)]'
 	touch $@
 
 demo: $(VENV)/new/.installed
 	$(VENV)/new/bin/hub-prefetch demo
+
+# The documentation site, docs/ -> build/site, in strict mode: a broken link, a page missing from the nav or a
+# public member without a docstring (docs/_hooks.py) fails the build.
+docs: $(VENV)/new/.installed
+	NO_MKDOCS_2_WARNING=1 $(VENV)/new/bin/mkdocs build --strict
 
 lint: $(VENV)/new/.installed
 	$(VENV)/new/bin/ruff check src tests benchmarks
 	$(VENV)/new/bin/ruff format --check src tests benchmarks
 	$(VENV)/new/bin/mypy
 	$(VENV)/new/bin/mypy --config-file tests/mypy.ini tests/unit tests/integration tests/support tests/conftest.py benchmarks
+	@$(MAKE) --no-print-directory docs  # a few seconds: the strict site build (links, nav, docstrings)
 
 # Explicit targets: GNU make does not apply pattern rules to .PHONY targets.
 # One pytest cache per stack: the two suites may run at the same time.
@@ -60,4 +69,4 @@ soak: $(VENV)/new/.installed $(VENV)/old/.installed
 	HUB_PREFETCH_STACK=old $(VENV)/old/bin/python -m pytest -m soak $(PYTEST_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build/site

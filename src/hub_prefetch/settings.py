@@ -145,4 +145,5 @@ class Settings:
         return cls(**values)
 
     def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes`` applied (the object itself is frozen)."""
         return dataclasses.replace(self, **changes)

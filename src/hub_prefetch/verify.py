@@ -80,6 +80,7 @@ class VerifyReport:
         return not self.problems
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field as plain data, plus ``ok`` (what ``hub-prefetch verify --json`` prints)."""
         data = asdict(self)
         data["ok"] = self.ok
         return data

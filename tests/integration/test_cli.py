@@ -151,6 +151,7 @@ def test_help_names_every_command_example_and_exit_code() -> None:
         ("warm", REPO, "--bogus"),
         ("demo", "--workers", "0"),
         ("demo", "--fault", "meteor"),
+        ("demo", "--scenario", "meteor"),
         ("warm", "../etc"),
         ("warm", REPO, "-s", "../secrets"),
         ("locks", "a/b/c"),
@@ -491,6 +492,51 @@ def test_demo_json_killed_downloader(hf_env: dict[str, Any]) -> None:
     warm = runs["hub-prefetch (warm)"]
     assert (warm["ok"], warm["hub_requests"], warm["bytes_served"]) == (2, 0, 0)
     assert warm["all_loaded_s"] is not None
+
+
+@pytest.mark.slow
+def test_demo_overview_runs_every_scenario_and_draws_the_chart(
+    hf_env: dict[str, Any], tmp_path: Path
+) -> None:
+    chart = tmp_path / "out" / "demo.png"
+    proc = run_cli("demo", "--workers", "2", "--json", "--chart", str(chart), env=hf_env, timeout=280)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    data = as_json(proc)
+    scenarios = {s["name"]: s for s in data["scenarios"]}
+    assert list(scenarios) == ["none", "warm", "http-503", "killed-downloader", "noop-flock"]
+    for name, s in scenarios.items():
+        protected = s["hub_prefetch"]
+        assert (protected["failed"], protected["wrong_weights"]) == (0, 0), (name, protected)
+        assert protected["temp_files"] == 0, (name, protected)
+        if s["cold"]:
+            assert protected["bytes_served"] >= data["bytes_needed"], name
+    # Warm: hub-prefetch makes no request at all; plain still asks the Hub.
+    assert scenarios["warm"]["hub_prefetch"]["hub_requests"] == 0
+    assert scenarios["warm"]["plain"]["hub_requests"] > 0
+    # A flock that locks nothing: hub-prefetch detects it, takes the lease and downloads once.
+    noop = scenarios["noop-flock"]
+    assert noop["hub_prefetch"]["lock_backend"] == "lease"
+    assert noop["hub_prefetch"]["bytes_served"] < 1.5 * data["bytes_needed"]
+    assert noop["plain"]["bytes_served"] >= 1.5 * data["bytes_needed"]
+    assert scenarios["killed-downloader"]["hub_prefetch"]["killed"] == 1
+    assert data["chart"] == str(chart.resolve())
+    assert chart.read_bytes().startswith(b"\x89PNG")
+
+
+def test_demo_chart_is_skipped_without_matplotlib(tmp_path: Path) -> None:
+    """Without the ``bench`` extra the overview says how to get the chart instead of failing."""
+    code = (
+        "import sys\n"
+        "sys.modules['matplotlib'] = None\n"
+        "from pathlib import Path\n"
+        "from hub_prefetch.demo.chart import write_chart\n"
+        f"assert write_chart([], Path({str(tmp_path / 'c.png')!r}), title='t') is None\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert not (tmp_path / "c.png").exists()
 
 
 @pytest.mark.slow

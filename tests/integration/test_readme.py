@@ -1,9 +1,9 @@
-"""The README is executable: every code block runs, and every name, variable, exit code and version it
-documents is checked against the code, so a README that drifts from the code fails here.
+"""The README is executable: every code block runs, and every name, variable, exit code and version it and
+the documentation pages (``docs/``) document is checked against the code, so prose that drifts from the code
+fails here. (The pages' own code blocks run in ``test_docs.py``, their user-test example included.)
 
 - ``python`` blocks run in a fresh interpreter against the session's local Hub (``tiny/...`` repos are the
-  fixtures' repos); blocks that start with ``# conftest.py`` / ``# test_*.py`` are written to a folder and
-  run under pytest, as a user would.
+  fixtures' repos).
 - ``bash`` blocks: ``hub-prefetch ...`` lines run, in order, through the installed script against the local
   Hub and must exit 0 (``demo`` lines get ``--workers 2 --rounds 1`` appended, to stay quick); ``make X``
   lines must name a Makefile target.
@@ -31,6 +31,9 @@ from hub_prefetch.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text()
+#: The README and every docs page: where the CLI, settings, testing and version sections now live.
+TEXTS = [README, *(p.read_text() for p in sorted((ROOT / "docs").rglob("*.md")))]
+DOCUMENTED = "\n".join(TEXTS)
 SCRIPT = Path(sys.executable).with_name("hub-prefetch")
 BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 KNOWN_LANGS = {"python", "bash", "text"}
@@ -41,9 +44,12 @@ def blocks(lang: str) -> list[str]:
 
 
 def section(title: str) -> str:
-    match = re.search(rf"^## {re.escape(title)}\n(.*?)(?=^## |\Z)", README, re.MULTILINE | re.DOTALL)
-    assert match, f"README has no section '## {title}'"
-    return match.group(1)
+    """A section of the README (``##``) or a docs page (``#``: the whole page), up to the next ``##``."""
+    for text in TEXTS:
+        match = re.search(rf"^##? {re.escape(title)}\n(.*?)(?=^## |\Z)", text, re.MULTILINE | re.DOTALL)
+        if match:
+            return match.group(1)
+    raise AssertionError(f"neither the README nor docs/ has a section '{title}'")
 
 
 def env_of(hf_env: dict[str, Any], **extra: str) -> dict[str, str]:
@@ -67,7 +73,7 @@ def test_every_block_has_a_known_language_and_there_is_something_to_run() -> Non
     langs = [found for found, _ in BLOCK.findall(README)]
     assert set(langs) <= KNOWN_LANGS, f"untagged or unknown code blocks: {langs}"
     assert [b for b in blocks("python") if not is_file_block(b)], "no python example to run"
-    assert [b for b in blocks("python") if is_file_block(b)], "no hub_prefetch.testing example to run"
+    assert "## Two commands" in README
     assert any("hub-prefetch " in b for b in blocks("bash")), "no CLI example to run"
 
 
@@ -116,39 +122,7 @@ def test_bash_blocks_run(hf_env: dict[str, Any], built_repos: dict[str, Any]) ->
             if "--json" in args:
                 assert json.loads(proc.stdout)["ok"] is True
             ran += 1
-    assert ran >= 5
-
-
-def test_testing_example_passes_under_pytest(tmp_path: Path) -> None:
-    for body in [b for b in blocks("python") if is_file_block(b)]:
-        name = body.splitlines()[0].removeprefix("# ").strip()
-        (tmp_path / name).write_text(body)
-    assert (tmp_path / "conftest.py").is_file()
-    env = dict(os.environ)
-    for key in ("HF_ENDPOINT", "HF_HUB_CACHE", "PYTEST_ADDOPTS"):
-        env.pop(key, None)
-    env["HF_HOME"] = str(tmp_path / "hf-home")
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "--rootdir",
-            str(tmp_path),
-            str(tmp_path),
-        ],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=280,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert re.search(r"\b1 passed\b", proc.stdout), proc.stdout[-2000:]
+    assert ran >= 2
 
 
 # ------------------------------------------------------------------------------------------ names and tables
@@ -166,7 +140,7 @@ def _resolve(dotted: str) -> object:
 
 
 def test_every_documented_python_name_exists() -> None:
-    names = set(re.findall(r"\bhub_prefetch(?:\.[A-Za-z_]\w*)+", README))
+    names = set(re.findall(r"\bhub_prefetch(?:\.[A-Za-z_]\w*)+", DOCUMENTED))
     assert len(names) >= 10, names
     for name in sorted(names):
         _resolve(name.rstrip("."))
@@ -181,7 +155,7 @@ def test_every_documented_python_name_exists() -> None:
     assert len(fixtures) >= 5, fixtures
     for fixture in fixtures:
         assert callable(getattr(pytest_plugin, fixture)), fixture
-    for module, function in re.findall(r"\"([\w.]+):(\w+)\"", README):
+    for module, function in re.findall(r"\"([\w.]+):(\w+)\"", DOCUMENTED):
         assert callable(getattr(importlib.import_module(module), function)), f"{module}:{function}"
     assert set(hub_prefetch.__all__) >= {
         "from_pretrained_with_prefetch",
@@ -255,7 +229,9 @@ def _installed(dist: str) -> str:
 def test_version_matrix_names_this_stack() -> None:
     rows = dict(
         (name, (old, new))
-        for name, old, new in re.findall(r"^\| ([\w ()]+?) \| ([\d.]+) \| ([\d.]+) \|$", README, re.MULTILINE)
+        for name, old, new in re.findall(
+            r"^\| ([\w ()]+?) \| ([\d.]+) \| ([\d.]+) \|$", DOCUMENTED, re.MULTILINE
+        )
     )
     dists = {"huggingface_hub": "huggingface_hub", "transformers": "transformers", "diffusers": "diffusers"}
     dists["torch (CPU)"] = "torch"

@@ -232,22 +232,33 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         parents=[common],
         formatter_class=fmt,
-        help="N workers load one model on a cold cache: plain vs hub-prefetch, under a fault",
+        help="N workers load one model on cold caches under each fault: plain vs hub-prefetch",
         description="On an embedded local Hub (no network), build a tiny sharded model and let N real worker "
-        "processes load it on a cold cache: first with plain from_pretrained, then with hub-prefetch, under "
-        "a chosen fault, then once more warm. Prints failed workers, time until all loaded, bytes served / "
-        "needed, Hub requests and temp files left behind, side by side.",
-        epilog="faults:\n"
+        "processes load it at once on a cold cache, with plain from_pretrained and with hub-prefetch. "
+        "Without --scenario: one run per side of every scenario (no fault, warm, Hub 503s, the downloader "
+        "killed, flock a no-op), one table row each, and the same figures as a PNG chart. With "
+        "--scenario NAME: that scenario in depth (--rounds cold runs per side, then warm). Prints failed "
+        "workers, time until all loaded, bytes served / needed, Hub requests and temp files left behind.",
+        epilog="scenarios (faults):\n"
         + "".join(f"  {fault.name:17s}  {fault.summary}\n" for fault in FAULTS.values())
-        + "\nexamples:\n  hub-prefetch demo\n  hub-prefetch demo --workers 16 --fault noop-flock\n"
-        "  hub-prefetch demo --fault killed-downloader --json\n\n"
+        + "\nexamples:\n  hub-prefetch demo\n  hub-prefetch demo --scenario noop-flock --workers 16\n"
+        "  hub-prefetch demo --scenario killed-downloader --json\n\n"
         "exit codes: 0 when every hub-prefetch worker loaded the right weights, 1 otherwise, 2 usage error",
     )
     p.add_argument(
-        "--workers", type=_positive_int, default=8, metavar="N", help="worker processes (default 8)"
+        "--workers",
+        type=_positive_int,
+        default=None,
+        metavar="N",
+        help="worker processes (default 6 per scenario; 8 with --scenario)",
     )
     p.add_argument(
-        "--fault", choices=tuple(FAULTS), default="none", help="the fault to inject (default: none)"
+        "--scenario",
+        "--fault",
+        dest="fault",
+        choices=tuple(FAULTS),
+        default=None,
+        help="run only this scenario, in depth (default: every scenario once)",
     )
     p.add_argument(
         "--bandwidth",
@@ -259,9 +270,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rounds",
         type=_positive_int,
-        default=3,
+        default=None,
         metavar="R",
-        help="cold runs per side, each on a fresh cache (default 3: races are probabilistic)",
+        help="cold runs per side, each on a fresh cache (with --scenario; default 3: races are "
+        "probabilistic)",
     )
+    p.add_argument(
+        "--chart",
+        type=Path,
+        default=Path("hub-prefetch-demo.png"),
+        metavar="PNG",
+        help="where the overview writes its chart (default: ./hub-prefetch-demo.png)",
+    )
+    p.add_argument("--no-chart", action="store_true", help="do not draw the overview's chart")
     p.add_argument("--keep", action="store_true", help="keep the demo's folder (store, caches) and print it")
     return parser

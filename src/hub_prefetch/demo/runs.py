@@ -24,7 +24,18 @@ from .faults import NOOP_FLOCK_ENV, OUTAGE_S, STALE_LEASE_TTL, kill_downloader, 
 if TYPE_CHECKING:
     from ..testing import LocalHub
 
-__all__ = ["REPO_ID", "SHARDS", "SUBFOLDER", "RunStats", "needed_bytes", "run_lanes"]
+__all__ = [
+    "REPO_ID",
+    "SHARDS",
+    "SUBFOLDER",
+    "Lane",
+    "RunStats",
+    "count_temp_files",
+    "needed_bytes",
+    "run_lanes",
+    "run_round",
+    "start_lanes",
+]
 
 REPO_ID = "demo/sharded-bert"
 SUBFOLDER = "text_encoder"
@@ -92,11 +103,52 @@ def _worker_env(hub: LocalHub, home: Path, extra: dict[str, str]) -> dict[str, s
     return env
 
 
+def count_temp_files(cache: Path) -> int:
+    """Download leftovers in ``cache``: huggingface_hub's ``*.incomplete`` files and the partial files
+    (and their resume records) of hub-prefetch's engine."""
+    incomplete = sum(1 for _ in cache.rglob("*.incomplete"))
+    partial = sum(1 for p in cache.glob("*/.hub_prefetch/partial/*") if p.is_file())
+    return incomplete + partial
+
+
+def start_lanes(
+    hub: LocalHub,
+    root: Path,
+    stack: contextlib.ExitStack,
+    *,
+    workers: int,
+    envs: dict[str, dict[str, str]],
+    first_kwargs: dict[str, dict[str, str]] | None = None,
+) -> dict[str, Lane]:
+    """Start the plain and the protected zygote side by side (each imports torch + transformers once,
+    before anything is timed) and wait until both have forked their first workers."""
+    from ..testing.forkpool import ForkedWorkers  # noqa: PLC0415 - optional testing extras
+
+    lanes: dict[str, Lane] = {}
+    for target in ("plain", "protected"):
+        home = root / target
+        lane = Lane(target, None, home)
+        lane.pool = ForkedWorkers(
+            f"hub_prefetch.demo.targets:{target}",
+            lane.kwargs(lane.cache(0), (first_kwargs or {}).get(target)),
+            n=workers,
+            env=_worker_env(hub, home, envs.get(target, {})),
+            timeout=150,
+            preload=_WORKER_PRELOAD,
+        )
+        stack.callback(lane.pool.close)
+        lane.pool.start_async()
+        lanes[target] = lane
+    for lane in lanes.values():
+        lane.pool.wait_started()
+    return lanes
+
+
 # ------------------------------------------------------------------------------------------ one round
 
 
 @dataclass
-class _Lane:
+class Lane:
     """Workers of one kind (plain or protected) forked from one zygote, round after round."""
 
     target: str
@@ -108,12 +160,16 @@ class _Lane:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
-    def kwargs(self, cache: Path) -> dict[str, str]:
-        return {"repo_id": REPO_ID, "subfolder": SUBFOLDER, "cache_dir": str(cache)}
+    def kwargs(self, cache: Path, env: dict[str, str] | None = None) -> dict[str, Any]:
+        """The target's keyword arguments; ``env`` is applied inside each forked worker (per round)."""
+        kwargs: dict[str, Any] = {"repo_id": REPO_ID, "subfolder": SUBFOLDER, "cache_dir": str(cache)}
+        if env:
+            kwargs["env"] = dict(env)
+        return kwargs
 
 
-def _run_round(
-    lane: _Lane,
+def run_round(
+    lane: Lane,
     stats: RunStats,
     *,
     hub: LocalHub,
@@ -122,13 +178,17 @@ def _run_round(
     cold: bool,
     fingerprint: str,
     first: bool,
+    env: dict[str, str] | None = None,
 ) -> None:
-    """One round: (re)fork the lane's workers on ``cache``, inject the fault, release them, tally."""
+    """One round: (re)fork the lane's workers on ``cache``, inject the fault, release them, tally.
+
+    ``env`` goes to the workers of this round (the first round's workers were forked with the pool's own
+    kwargs, which must carry the same ``env``)."""
     pool = lane.pool
     if cold and fault == "stale-lease" and lane.target == "protected":
         plant_stale_lease(cache, REPO_ID, STALE_LEASE_TTL)
     if not first:
-        pool.next_round(lane.kwargs(cache))
+        pool.next_round(lane.kwargs(cache, env))
     hub.reset_log()
     outage = None
     fault_ids: list[int] = []
@@ -189,7 +249,7 @@ def _run_round(
     by_kind = Counter(stats.requests_by_kind)
     by_kind.update(r.kind for r in records)
     stats.requests_by_kind = dict(by_kind)
-    stats.temp_files += sum(1 for _ in cache.rglob("*.incomplete"))
+    stats.temp_files += count_temp_files(cache)
     backends = {str((r.value or {}).get("lock_backend")) for r in results if r.ok and r.value}
     if stats.lock_backend:
         backends.add(stats.lock_backend)
@@ -215,32 +275,12 @@ def run_lanes(
 
     Returns the four columns: plain (cold), hub-prefetch (cold), plain (warm), hub-prefetch (warm).
     """
-    from ..testing.forkpool import ForkedWorkers  # noqa: PLC0415 - optional testing extras
-
     n = workers
     noop = {NOOP_FLOCK_ENV: "1"} if fault == "noop-flock" else {}
     lease = {"HUB_PREFETCH_LOCK": "lease"} if fault == "stale-lease" else {}
-    lanes: dict[str, _Lane] = {}
     with contextlib.ExitStack() as stack:
-        # Both zygotes import torch + transformers at once, before anything is timed.
         status.waiting(f"starting {n} plain and {n} protected workers")
-        for target, extra in (("plain", noop), ("protected", {**noop, **lease})):
-            home = root / target
-            lane = _Lane(target, None, home)
-            env = _worker_env(hub, home, extra)
-            lane.pool = ForkedWorkers(
-                f"hub_prefetch.demo.targets:{target}",
-                lane.kwargs(lane.cache(0)),
-                n=n,
-                env=env,
-                timeout=150,
-                preload=_WORKER_PRELOAD,
-            )
-            stack.callback(lane.pool.close)
-            lane.pool.start_async()
-            lanes[target] = lane
-        for lane in lanes.values():
-            lane.pool.wait_started()
+        lanes = start_lanes(hub, root, stack, workers=n, envs={"plain": noop, "protected": {**noop, **lease}})
         cold = {
             t: RunStats(name=f"{'plain' if t == 'plain' else 'hub-prefetch'} (cold)", workers=n)
             for t in lanes
@@ -252,7 +292,7 @@ def run_lanes(
         for index in range(rounds):
             for target, lane in lanes.items():
                 status.waiting(f"{cold[target].name}: run {index + 1} of {rounds}, {n} workers loading")
-                _run_round(
+                run_round(
                     lane,
                     cold[target],
                     hub=hub,
@@ -264,7 +304,7 @@ def run_lanes(
                 )
         for target, lane in lanes.items():
             status.waiting(f"{warm[target].name}: {n} workers loading")
-            _run_round(
+            run_round(
                 lane,
                 warm[target],
                 hub=hub,

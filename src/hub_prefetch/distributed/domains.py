@@ -45,12 +45,14 @@ class DomainPlan:
     domains: tuple[tuple[int, ...], ...]
 
     def domain_of(self, rank: int) -> tuple[int, ...]:
+        """The ranks that share ``rank``'s cache, leader first; ``KeyError`` for an unknown rank."""
         for domain in self.domains:
             if rank in domain:
                 return domain
         raise KeyError(rank)
 
     def leader_of(self, rank: int) -> int:
+        """The rank that downloads for ``rank``'s cache domain."""
         return self.domain_of(rank)[0]
 
 

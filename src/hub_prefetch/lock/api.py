@@ -130,6 +130,7 @@ class RepoLock:
         return f"RepoLock({self.describe()!r}, path={str(self.path)!r}, backend={backend})"
 
     def describe(self) -> str:
+        """``repo_id@revision`` (and the repo type unless ``model``), as log lines name this lock."""
         return f"{self.repo_id}@{self.revision}" + (
             "" if self.repo_type == "model" else f" ({self.repo_type})"
         )

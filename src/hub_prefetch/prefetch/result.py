@@ -29,4 +29,5 @@ class PrefetchResult:
     unchecked: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
+        """Every field as plain data (what ``hub-prefetch warm --json`` prints)."""
         return asdict(self)

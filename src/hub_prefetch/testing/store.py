@@ -380,6 +380,7 @@ class RepoStore:
         return out
 
     def read(self, repo_id: str, commit: str, path: str, *, repo_type: str = "model") -> bytes:
+        """The bytes of ``path`` at ``commit``, as the Hub serves them."""
         return self.files(repo_id, commit, repo_type=repo_type)[path].blob_path.read_bytes()
 
     def repos(self) -> list[tuple[str, str]]:

@@ -136,6 +136,7 @@ class WorkerPool:
 
     # ----------------------------------------------------------------------------------- lifecycle
     def start(self) -> WorkerPool:
+        """Start one interpreter per worker; each waits for :meth:`go`. Returns the pool."""
         if self._workers:
             raise RuntimeError("pool already started")
         self._tmp = tempfile.TemporaryDirectory(prefix="hub-prefetch-workers-")

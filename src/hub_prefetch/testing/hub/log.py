@@ -51,10 +51,12 @@ class RequestRecord:
         return self.kind == "get" and self.complete and self.status == 200
 
     def to_json(self) -> dict[str, Any]:
+        """Every field as plain data (how the Hub process reports its log)."""
         return asdict(self)
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> RequestRecord:
+        """The record :meth:`to_json` wrote; unknown keys are ignored."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in names})
 
