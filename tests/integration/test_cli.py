@@ -503,7 +503,7 @@ def test_demo_overview_runs_every_scenario_and_draws_the_chart(
     assert proc.returncode == 0, proc.stdout + proc.stderr
     data = as_json(proc)
     scenarios = {s["name"]: s for s in data["scenarios"]}
-    assert list(scenarios) == ["none", "warm", "http-503", "killed-downloader", "noop-flock"]
+    assert list(scenarios) == ["none", "warm", "http-503", "killed-downloader", "noop-flock", "several-nodes"]
     for name, s in scenarios.items():
         protected = s["hub_prefetch"]
         assert (protected["failed"], protected["wrong_weights"]) == (0, 0), (name, protected)
@@ -519,6 +519,11 @@ def test_demo_overview_runs_every_scenario_and_draws_the_chart(
     assert noop["hub_prefetch"]["bytes_served"] < 1.5 * data["bytes_needed"]
     assert noop["plain"]["bytes_served"] >= 1.5 * data["bytes_needed"]
     assert scenarios["killed-downloader"]["hub_prefetch"]["killed"] == 1
+    # Several nodes, each its own cache: plain downloads once per node, prefetch_distributed once per job.
+    nodes = scenarios["several-nodes"]
+    assert nodes["plain"]["workers"] == nodes["hub_prefetch"]["workers"] >= 3
+    assert nodes["plain"]["bytes_served"] >= nodes["plain"]["workers"] * data["bytes_needed"]
+    assert nodes["hub_prefetch"]["bytes_served"] < 1.5 * data["bytes_needed"]
     assert data["chart"] == str(chart.resolve())
     assert chart.read_bytes().startswith(b"\x89PNG")
 

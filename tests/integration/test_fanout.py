@@ -193,7 +193,9 @@ def _stalled(hub: Any) -> bool:
 
 
 def _all_loaded(recs: Sequence[dict[str, Any]], built: Any) -> None:
-    assert all(r["ok"] for r in recs), [(r["rank"], r.get("error_type"), r.get("error")) for r in recs if not r["ok"]]
+    assert all(r["ok"] for r in recs), [
+        (r["rank"], r.get("error_type"), r.get("error")) for r in recs if not r["ok"]
+    ]
     assert {r["commit"] for r in recs} == {built.commit}
     assert {r["fingerprint"] for r in recs} == {built.fingerprint}
 

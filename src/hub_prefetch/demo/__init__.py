@@ -8,7 +8,8 @@ releases them at the same instant; each loads ``AutoModel.from_pretrained(repo, 
 reports the fingerprint of the tensors it got, so a wrong or partial load counts as a failure.
 
 Without ``--scenario``, the overview (:mod:`.overview`): every scenario once per side (no fault, warm,
-Hub 503s, the downloader killed, ``flock`` a no-op), one table row each, and the same figures as a PNG
+Hub 503s, the downloader killed, ``flock`` a no-op, a job over several simulated nodes: :mod:`.nodes`),
+one table row each, and the same figures as a PNG
 chart (:mod:`.chart`). With ``--scenario NAME`` (or ``--fault NAME``): plain on a cold cache, hub-prefetch
 on another cold cache (both under that fault, ``--rounds`` times), then both again on their now-warm
 caches. Figures come from the workers' results, the Hub's request log and the cache folders.

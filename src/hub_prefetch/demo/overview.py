@@ -7,8 +7,10 @@ each forked worker (a no-op ``flock``, passed per call). A scenario is one cold 
 whole overview stays within a couple of minutes on two cores; ``--scenario NAME`` runs one scenario in
 depth (several rounds, cold and warm columns).
 
-The several-nodes row (the torch.distributed fan-out: one Hub download per job) is not here yet; its
-place is marked ``MULTI-NODE ROW`` below.
+The several-nodes row has a run shape of its own (:mod:`.nodes`): one torch.distributed job of
+simulated nodes, each with its own cache, plain ``from_pretrained`` on every node against
+``prefetch_distributed`` (one Hub download per job); it runs after the other rows, once their workers
+are gone.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from ..console import StatusLine, human_bytes, human_seconds
 from .faults import FAULTS, NOOP_FLOCK_ENV
+from .nodes import NODES, run_nodes
 from .runs import RunStats, run_round, start_lanes
 
 if TYPE_CHECKING:
@@ -40,6 +43,8 @@ class Scenario:
     env: dict[str, str] = field(default_factory=dict)
     #: The scenario whose caches a warm scenario loads from again (they must run before it).
     reuses: str | None = None
+    #: Simulated nodes of a several-nodes job (:mod:`.nodes`, one rank and one cache each); 0: one cache.
+    nodes: int = 0
 
 
 #: The overview's scenarios, in the order they run and are printed.
@@ -55,9 +60,12 @@ SCENARIOS: tuple[Scenario, ...] = (
     Scenario("http-503", "http-503", FAULTS["http-503"].description),
     Scenario("killed-downloader", "killed-downloader", FAULTS["killed-downloader"].description),
     Scenario("noop-flock", "noop-flock", FAULTS["noop-flock"].description, env={NOOP_FLOCK_ENV: "1"}),
-    # MULTI-NODE ROW: a "several-nodes" scenario goes here once the torch.distributed fan-out
-    # (prefetch_distributed: one Hub download per job) is merged; it needs a run shape of its own
-    # (several simulated nodes, each with its own cache), not a fault on one cache.
+    Scenario(
+        "several-nodes",
+        "none",
+        f"a torch.distributed job of {NODES} simulated nodes x 1 rank, each node its own cache (gloo)",
+        nodes=NODES,
+    ),
 )
 
 
@@ -89,6 +97,9 @@ def run_overview(
     cache, one after the other on one Hub; a warm scenario runs once, on the caches it reuses."""
     n = workers
     results: list[ScenarioResult] = []
+    jobs = [s for s in scenarios if s.nodes]
+    scenarios = tuple(s for s in scenarios if not s.nodes)
+    total = len(scenarios) + len(jobs)
     with contextlib.ExitStack() as stack:
         status.waiting(f"starting {n} plain and {n} protected workers (one interpreter each, forked)")
         first = scenarios[0]
@@ -111,7 +122,7 @@ def run_overview(
                 caches[scenario.name] = cache
                 for target, lane in lanes.items():
                     status.waiting(
-                        f"{index + 1}/{len(scenarios)} {scenario.name}: {n} {target} workers loading"
+                        f"{index + 1}/{total} {scenario.name}: {n} {target} workers loading"
                         + (f" (run {round_ + 1} of {runs})" if runs > 1 else "")
                     )
                     run_round(
@@ -130,6 +141,18 @@ def run_overview(
             for target in lanes:
                 stats[target].bytes_needed = needed * stats[target].rounds if scenario.cold else 0
             results.append(ScenarioResult(scenario, stats["plain"], stats["protected"]))
+    for scenario in jobs:  # after the lanes' workers are gone: these ranks need the cores and memory
+        label = f"{len(results) + 1}/{len(scenarios) + len(jobs)} {scenario.name}"
+        plain, protected = run_nodes(
+            hub,
+            root,
+            nodes=scenario.nodes,
+            fingerprint=fingerprint,
+            needed=needed,
+            status=status,
+            label=label,
+        )
+        results.append(ScenarioResult(scenario, plain, protected))
     return results
 
 
