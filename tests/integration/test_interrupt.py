@@ -3,11 +3,13 @@ promptly, the repo lock free at once for another process, and no temp file left 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,18 @@ _TAKE_LOCK_AT_ONCE = (
 )
 
 
+@contextlib.contextmanager
+def _sigint_as_from_a_terminal() -> Iterator[None]:
+    """A suite started in the background (``make test &``) inherits SIGINT ignored, and an ignored SIGINT
+    stays ignored across exec. While this is set, a child starts with the default a terminal gives it (a
+    Python handler is reset to the default at exec)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _bytes_in_blobs(blobs: Path) -> int:
     try:
         return sum(p.stat().st_size for p in blobs.iterdir())
@@ -40,13 +54,14 @@ def test_ctrl_c_during_a_throttled_warm_exits_130_promptly_clean_and_unlocked(
     local_hub.set_bandwidth(200_000)  # ~2 MB of shards: about ten seconds to download
     blobs = repo_dir(hf_cache, REPO) / "blobs"
     partial = repo_dir(hf_cache, REPO) / ".hub_prefetch" / "partial"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hub_prefetch.cli", "warm", REPO, "-s", SUB],
-        env={**os.environ, **hf_env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    with _sigint_as_from_a_terminal():
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "hub_prefetch.cli", "warm", REPO, "-s", SUB],
+            env={**os.environ, **hf_env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
     try:
         # Interrupt once weight bytes are flowing into the cache: the download is under way.
         wait_until(
