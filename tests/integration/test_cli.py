@@ -517,7 +517,10 @@ def test_demo_overview_runs_every_scenario_and_draws_the_chart(
     noop = scenarios["noop-flock"]
     assert noop["hub_prefetch"]["lock_backend"] == "lease"
     assert noop["hub_prefetch"]["bytes_served"] < 1.5 * data["bytes_needed"]
-    assert noop["plain"]["bytes_served"] >= 1.5 * data["bytes_needed"]
+    # Plain loading is hurt either way: huggingface_hub 2.x downloads the blobs several times over (unique
+    # temp names); 1.x's writers append to one shared `<etag>.incomplete` and the loads fail.
+    plain = noop["plain"]
+    assert plain["bytes_served"] >= 1.5 * data["bytes_needed"] or plain["failed"] > 0, plain
     assert scenarios["killed-downloader"]["hub_prefetch"]["killed"] == 1
     # Several nodes, each its own cache: plain downloads once per node, prefetch_distributed once per job.
     nodes = scenarios["several-nodes"]
