@@ -25,8 +25,8 @@ from .. import cache, errors
 from ..prefetch.request import Request
 from ..prefetch.sidefiles import Fence
 from ..retry import transient_or_raise
-from ..verify import ExpectedFile
-from .digest import Digest, Verdict, etag_of
+from ..verify import ExpectedFile, file_digest_ok
+from .digest import Verdict, etag_of
 from .http import RangeIgnored, base_headers, file_url, open_part
 from .job import FileJob
 from .parts import Part, drop_parts
@@ -187,13 +187,9 @@ class Engine:
             st = os.lstat(blob)
             if not stat.S_ISREG(st.st_mode) or st.st_size != expected.size:
                 return False
-            digest = Digest(expected)
-            with open(blob, "rb") as fh:
-                while chunk := fh.read(1 << 20):
-                    digest.update(chunk)
+            return file_digest_ok(blob, expected) is True  # None: no digest to trust it by
         except OSError:
             return False
-        return digest.kind != "none" and digest.matches()
 
     # -- connections ----------------------------------------------------------------------------------
     def _connection(self) -> None:
