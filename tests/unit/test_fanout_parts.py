@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 from pathlib import Path
 
-from hub_prefetch.distributed.fanout import Manifest, _growing
+from hub_prefetch.distributed.manifest import Manifest
+from hub_prefetch.distributed.source import _growing
 from hub_prefetch.distributed.transfer import _parse_fault
 from hub_prefetch.verify import ExpectedFile
 

@@ -50,7 +50,7 @@ from types import TracebackType
 from typing import Any, Literal, Protocol
 
 from ..cache import ensure_dir, key_hash, lock_dir
-from ..errors import InvalidRequestError, LockTimeout
+from ..errors import InvalidRequestError, LockLostError, LockTimeout
 from ..settings import LockBackendName, Settings
 from . import flock, gate, lease
 from .backend import Backend
@@ -331,6 +331,23 @@ class RepoLock:
             return False
         hold = gate.slot(self._slot_key).hold
         return hold is not None and hold.still_held()
+
+    def fence(self, label: str, error: type[LockLostError] = LockLostError) -> Callable[[], None]:
+        """A check to call before every step that publishes: it raises ``error`` (naming ``label``, the
+        lock file and the epoch this holder had) once :meth:`still_held` says the lock was taken away."""
+        epoch = self.epoch
+
+        def fence() -> None:
+            if not self.still_held():
+                raise error(
+                    f"{label}: the repo lock {self.file} was taken from this holder (epoch {epoch})",
+                    lock_path=str(self.file),
+                    epoch=epoch,
+                    repo_id=self.repo_id,
+                    revision=self.revision,
+                )
+
+        return fence
 
     @property
     def succeeded_dead_holder(self) -> bool:

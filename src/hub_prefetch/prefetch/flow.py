@@ -124,20 +124,6 @@ def _unchecked(listing: dict[str, ExpectedFile], files: tuple[str, ...]) -> tupl
     return tuple(f for f in files if not listing[f].has_digest)
 
 
-def _fence(req: Request, lock: RepoLock) -> Callable[[], None]:
-    def fence() -> None:
-        if not lock.still_held():
-            raise _Evicted(
-                f"{req.label}: the repo lock {lock.file} was taken from this holder (epoch {lock.epoch})",
-                lock_path=str(lock.file),
-                epoch=lock.epoch,
-                repo_id=req.repo_id,
-                revision=req.revision,
-            )
-
-    return fence
-
-
 def _clean_temps(req: Request, lock: RepoLock) -> None:
     """Remove temp files of dead writers, holding the lock. Where kernel locks cannot be trusted, a temp
     file goes once seen unchanged for a lease TTL on this host's clock, or at once when the lease was
@@ -161,7 +147,7 @@ _MAX_EVICTIONS = 3
 
 def _locked(req: Request, lock: RepoLock, *, deep: bool, started: float, waited: float) -> PrefetchResult:
     """The download itself, holding the repo lock; every write into the cache is fenced."""
-    fence = _fence(req, lock)
+    fence = lock.fence(req.label, _Evicted)
     commit = known_commit(req, any_age=False)
     if commit is None:
         commit, listing = fetch_listing(req, req.revision, fence=fence)
