@@ -397,6 +397,41 @@ def test_receiver_killed(local_hub: Any, built_repos: Any, hf_env: dict[str, Any
     )
 
 
+def test_a_split_download_is_relayed_before_it_is_published(
+    local_hub: Any, built_repos: Any, hf_env: dict[str, Any], tmp_path: Path
+) -> None:
+    """The source's engine splits each shard into 64 KiB ranges (``HUB_PREFETCH_PART_SIZE``), written out
+    of order by several connections. One range of the shard stalls at the Hub after 40 kB: the source
+    cannot publish that shard, yet the next node already holds its front (the contiguous prefix the
+    ``.parts`` record tells); once the stall is lifted every rank loads, from one Hub download."""
+    built = built_repos["sharded"]
+    hosts = ["node-a", "node-b", "node-c"]
+    caches = _caches(tmp_path, hosts, "split")
+    entry = local_hub.store.files(SHARDED, built.commit)[SHARD]
+    repo = [Path(c["cache_dir"]) / "models--tiny--sharded-bert" for c in caches]
+    source_record = repo[0] / ".hub_prefetch" / "partial" / f"{entry.sha256}.parts"
+    received = repo[1] / ".hub_prefetch" / "partial" / entry.sha256
+    published = repo[0] / "blobs" / entry.sha256
+    assert entry.size > 4 * 65536, entry.size  # it is split
+    local_hub.reset_log()
+    stall = local_hub.stall(f"*/{SHARD}", after_bytes=40_000)
+    with _pool(_env(hf_env, HUB_PREFETCH_PART_SIZE="65536"), tmp_path, hosts, [caches]) as pool:
+        pool.wait_ready()
+        pool.go()
+        _until("the source's download stalls in a range of the shard", lambda: _stalled(local_hub))
+        _until(
+            "the next node holds the front of the stalled shard",
+            lambda: received.exists() and received.stat().st_size >= 40_000,
+        )
+        front = received.stat().st_size
+        assert source_record.exists() and not published.exists()
+        local_hub.clear_fault(stall)
+        recs = _phase(_ok(pool.results()), 0)
+    _all_loaded(recs, built)
+    assert _get_bytes(_window(local_hub, recs)) == _model_bytes(local_hub, built.commit)
+    print(f"\n[split download] the next node had {front} of {entry.size} bytes before the source published")
+
+
 def test_error_corrupt_chunk_and_read_only_node(
     local_hub: Any, built_repos: Any, hf_env: dict[str, Any], tmp_path: Path
 ) -> None:

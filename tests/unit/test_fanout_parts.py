@@ -8,6 +8,7 @@ from pathlib import Path
 from hub_prefetch.distributed.manifest import Manifest
 from hub_prefetch.distributed.source import _growing
 from hub_prefetch.distributed.transfer import _parse_fault
+from hub_prefetch.engine.parts import PartsRecord, contiguous_prefix, plan_parts
 from hub_prefetch.verify import ExpectedFile
 
 SHA_A = hashlib.sha256(b"a").hexdigest()
@@ -64,10 +65,41 @@ def test_a_growing_download_is_its_largest_temp_file(tmp_path: Path) -> None:
     (blobs / f"{SHA_A}.1a2b3c4d.incomplete").write_bytes(b"x" * 30)  # one writer's own temp file
     (blobs / SHA_A).write_bytes(b"x" * 99)  # a published blob is no temp file
     (blobs / f"{SHA_B}.incomplete").write_bytes(b"x" * 50)
-    assert _growing((blobs, partial), SHA_A, 0) == (blobs / f"{SHA_A}.1a2b3c4d.incomplete", 30)
-    assert _growing((blobs, partial), SHA_A, 30) is None  # nothing beyond what was already sent
-    (partial / SHA_A).write_bytes(b"x" * 40)  # the engine's partial file
-    assert _growing((blobs, partial), SHA_A, 30) == (partial / SHA_A, 40)
-    assert _growing((blobs, partial), "f" * 64, 0) is None
-    (partial / f"{SHA_A}.parts").write_bytes(b"")  # a split download writes ranges ahead of its front
-    assert _growing((blobs, partial), SHA_A, 30) is None
+    assert _growing((blobs, partial), SHA_A, 0, 100) == (blobs / f"{SHA_A}.1a2b3c4d.incomplete", 30)
+    assert _growing((blobs, partial), SHA_A, 30, 100) is None  # nothing beyond what was already sent
+    (partial / SHA_A).write_bytes(b"x" * 40)  # the engine's partial file, one stream: its length
+    assert _growing((blobs, partial), SHA_A, 30, 100) == (partial / SHA_A, 40)
+    assert _growing((blobs, partial), "f" * 64, 0, 100) is None
+
+
+def test_a_split_download_is_followed_up_to_its_contiguous_front(tmp_path: Path) -> None:
+    """A split download writes ranges ahead of its front (its file has the full size at once): only the
+    bytes up to the first unfinished range, as its ``.parts`` record says, may be relayed."""
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    size = 100
+    (partial / SHA_A).write_bytes(b"\0" * size)
+    parts = plan_parts(size, part_size=25, connections=4)
+    assert [(p.start, p.end) for p in parts] == [(0, 25), (25, 50), (50, 75), (75, 100)]
+    record = PartsRecord(partial / SHA_A, size, parts)
+    try:
+        assert _growing((partial,), SHA_A, 0, size) is None  # nothing written yet
+        parts[1].done = 25  # the second range first: still no front
+        record.update(parts[1])
+        assert _growing((partial,), SHA_A, 0, size) is None
+        parts[0].done = 10
+        record.update(parts[0])
+        assert _growing((partial,), SHA_A, 0, size) == (partial / SHA_A, 10)
+        parts[0].done = 25  # the first range done: the front runs on through the second
+        record.update(parts[0])
+        assert _growing((partial,), SHA_A, 0, size) == (partial / SHA_A, 50)
+        assert _growing((partial,), SHA_A, 50, size) is None
+        parts[3].done = 25
+        record.update(parts[3])
+        assert contiguous_prefix(parts) == 50
+        parts[2].done = 25
+        assert contiguous_prefix(parts) == 100
+    finally:
+        record.close()
+    (partial / f"{SHA_A}.parts").write_bytes(b"garbage")  # a record that cannot be read: nothing
+    assert _growing((partial,), SHA_A, 0, size) is None

@@ -114,8 +114,10 @@ class Fanout:
         return self._receive(started)
 
     def close(self) -> None:
-        """Wait until the downstream is served (every step of it is bounded by the TTL)."""
+        """Wait until the downstream is served (every step of it is bounded by the TTL), then let the
+        leaders' subgroup go."""
         self._sender.join()
+        self.ch.close()
 
     def abandon(self) -> None:
         """No more local progress (this leader is done, or failed): its sender serves what this node has

@@ -419,7 +419,10 @@ def prefetch_distributed(
     fan: Fanout | None = None
     if commit is not None and len(leaders) > 1 and all(w for _s, _c, _e, w in second):
         # A collective over the default group (every rank, right after the exchange above: milliseconds).
+        made = time.monotonic()
         sub, chain = new_transfer_group(dist, group, leaders, rank, ttl)
+        made = (time.monotonic() - made) * 1e3
+        logger.debug("rank %d: the leaders' transfer group took %.0f ms", rank, made)
         if run.leader == rank and rank in leaders:
             me_global = chain[leaders.index(rank)]
             fan = Fanout(

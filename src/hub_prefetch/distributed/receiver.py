@@ -36,7 +36,7 @@ def await_manifest(ch: Channel, upstream: int, commit: str) -> Manifest:
             _aborted(upstream, msg)
         if msg.kind != MANIFEST:
             raise PeerFailed(upstream, f"expected the manifest, got message kind {msg.kind}")
-        manifest = Manifest.from_bytes(msg.payload)
+        manifest = Manifest.from_bytes(bytes(msg.payload))
         if manifest.commit != commit:
             raise PeerFailed(upstream, f"offers commit {manifest.commit[:12]}, not {commit[:12]}")
         return manifest
@@ -44,7 +44,7 @@ def await_manifest(ch: Channel, upstream: int, commit: str) -> Manifest:
 
 def _aborted(upstream: int, msg: Message) -> None:
     if msg.value == 1 and msg.payload:
-        raise errors.from_json(json.loads(msg.payload), origin_rank=upstream)
+        raise errors.from_json(json.loads(bytes(msg.payload)), origin_rank=upstream)
     raise PeerFailed(upstream, "it gave up")
 
 
@@ -77,7 +77,7 @@ class Receiver:
         manifest = self.copy.manifest  # the first one this node got: the same commit, the same items
         assert manifest is not None
         todo = set(range(len(manifest.items))) - set(have)
-        incoming: _Incoming | None = None
+        incoming: dict[int, _Incoming] = {}  # items arrive side by side, a chunk of each in turn
         try:
             while todo:
                 msg = self.ch.recv(upstream)
@@ -85,25 +85,25 @@ class Receiver:
                     continue
                 if msg.kind == ABORT:
                     _aborted(upstream, msg)
-                if msg.kind not in (DATA, END) or (incoming is None and msg.item not in todo):
+                if msg.kind not in (DATA, END) or msg.item not in todo:
                     raise PeerFailed(upstream, f"out of protocol: kind {msg.kind} for item {msg.item}")
-                if incoming is None:
-                    incoming = _Incoming(self, msg.item)
-                if msg.item != incoming.j:
-                    raise PeerFailed(upstream, f"item {msg.item} while item {incoming.j} is unfinished")
+                item = incoming.get(msg.item)
+                if item is None:
+                    item = incoming[msg.item] = _Incoming(self, msg.item)
                 if msg.kind == DATA:
-                    incoming.write(upstream, msg)
+                    item.write(upstream, msg)
                 elif msg.value == 0:
-                    incoming.reset()  # the sender's own copy was bad: it sends the item again
+                    item.reset()  # the sender's own copy was bad: it sends the item again
                 else:
-                    incoming.finish(upstream)
-                    todo.discard(incoming.j)
-                    incoming = None
+                    del incoming[msg.item]
+                    todo.discard(msg.item)
+                    item.finish(upstream)
         finally:
-            if incoming is not None:
-                incoming.abandon()
+            for item in incoming.values():
+                item.abandon()
         for name in manifest.hub_only:
             self.hub_file(name)
+        logger.debug("rank %d: received %d bytes from rank %d", self.me, self.received_bytes, upstream)
 
     def published(self, j: int, item: Item) -> None:
         self.copy.set_final(j, self.snapshot / item.paths[0])
@@ -170,7 +170,9 @@ class _Incoming:
                 upstream, f"chunk at {msg.value} of {self.item.paths[0]}, expected {self.written}"
             )
         assert self.fd is not None
-        os.write(self.fd, msg.payload)
+        view = memoryview(msg.payload)
+        while view:  # a filling disk writes short first
+            view = view[os.write(self.fd, view) :]
         self.digest.update(msg.payload)
         self.written += len(msg.payload)
         self.rx.copy.grow(self.j, self.partial, self.written)
@@ -197,12 +199,15 @@ class _Incoming:
     def finish(self, upstream: int) -> None:
         rx, item = self.rx, self.item
         assert self.fd is not None
-        os.fsync(self.fd)
-        self._close()
         if self.written == item.size and self.digest.matches():
+            # Verified: the sender may end the item downstream while this node syncs and publishes it.
+            rx.copy.set_final(self.j, self.partial)
+            os.fsync(self.fd)
+            self._close()
             publish(rx.pinned, rx.commit, item.etag, item.paths, self.partial, fence=rx.fence)
             rx.published(self.j, item)
             return
+        self._close()
         logger.warning(
             "rank %d: %s from rank %d failed its check (%d of %d bytes, %s %s, expected %s); "
             "fetching it from the Hub",

@@ -3,7 +3,6 @@ manifest and every item it lacks, each as soon as this node has bytes of it."""
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -59,29 +58,41 @@ class Sender:
         msg = self.ch.recv(downstream, tag=CTRL_TAG)
         if msg.kind != RESUME:
             raise PeerFailed(downstream, f"expected RESUME, got kind {msg.kind}")
-        have = {int(j) for j in json.loads(msg.payload)} if msg.payload else set()
+        have = {int(j) for j in json.loads(bytes(msg.payload))} if msg.payload else set()
         self._stream(downstream, warm=msg.value == WARM, have=have)
 
     def _stream(self, downstream: int, *, warm: bool, have: set[int]) -> None:
-        """The manifest, then every item ``downstream`` lacks, each as soon as this node has bytes of it
-        (a complete item first): a shard stalled at the source does not hold the others back."""
+        """The manifest, then every item ``downstream`` lacks. Items go side by side, a chunk of each in
+        turn, as soon as this node has the bytes: a source whose Hub download fills several files at once
+        passes each one on at the rate it arrives, and a shard stalled at the source holds no other back."""
         copy = self.copy
+        outs: list[_Outgoing] = []
         try:
             self._wait(lambda: copy.manifest is not None, downstream)
             manifest = copy.manifest
             assert manifest is not None
             self.ch.send(downstream, MANIFEST, payload=manifest.to_bytes())
-            todo = [] if warm else [j for j in range(len(manifest.items)) if j not in have]
-            while todo:
-                self._wait(lambda: any(copy.final[j] or copy.avail[j] for j in todo), downstream)
-                with copy.cond:
-                    j = next((j for j in todo if copy.final[j]), None)
-                    if j is None:
-                        j = next(j for j in todo if copy.avail[j])
-                self._stream_item(downstream, j, manifest.items[j])
-                todo.remove(j)
+            if not warm:
+                outs = [_Outgoing(self, j, item) for j, item in enumerate(manifest.items) if j not in have]
+            while outs:
+                self._wait(lambda: any(o.ready() for o in outs), downstream)
+                moved = False
+                for out in list(outs):
+                    with copy.cond:
+                        ready = out.ready()
+                    if not ready:
+                        continue
+                    status = out.step(downstream)
+                    moved = moved or status is not _IDLE
+                    if status is _DONE:
+                        outs.remove(out)
+                if not moved:
+                    time.sleep(_POLL)  # a file between its temp name and its published one
         except GaveUp:
             self._abort(downstream)
+        finally:
+            for out in outs:
+                out.close()
 
     def _wait(self, ready: Callable[[], bool], downstream: int) -> None:
         """Wait until ``ready()`` (under the copy's lock) or the copy fails; keep the peer alive."""
@@ -100,67 +111,84 @@ class Sender:
             downstream, ABORT, value=1 if error else 0, payload=json.dumps(error).encode() if error else b""
         )
 
-    def _ready(self, j: int, gen: int, sent: int, again: bool) -> bool:
-        """Something to do for item ``j`` (called under the copy's lock)."""
-        copy = self.copy
-        return copy.gen[j] != gen or copy.final[j] or (copy.avail[j] > sent and not again)
 
-    def _stream_item(self, downstream: int, j: int, item: Item) -> None:
-        copy = self.copy
-        again = False  # sending the item again from its published file, after a failed check
-        while True:  # once per generation of this item
-            with copy.cond:
-                gen = copy.gen[j]
-            sent, fd, first = 0, None, True
-            # What this node reads from a download in progress is checked on the way out: a temp file that
-            # was abandoned or written out of order must not reach the next node as good bytes.
-            check = Digest(item.expected) if copy.tailing and not again else None
-            try:
-                while True:
-                    self._wait(functools.partial(self._ready, j, gen, sent, again), downstream)
-                    with copy.cond:
-                        stale = copy.gen[j] != gen
-                        avail, final, path = copy.avail[j], copy.final[j], copy.path[j]
-                    if stale:
-                        self.ch.send(downstream, END, j, 0)
-                        break
-                    if sent < avail and path is not None and (final or not again):
-                        if fd is None:
-                            try:
-                                fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
-                                if final and not sent:
-                                    check = None  # the published file: the receiver checks it anyway
-                            except FileNotFoundError:
-                                # Renamed into blobs/ between our read of its path and the open: the
-                                # receiver names the published file next.
-                                time.sleep(_POLL)
-                                continue
-                        data = os.pread(fd, min(CHUNK, avail - sent), sent)
-                        if not data:
-                            # A temp file left behind (a retried download writes a new one): reopen by name.
-                            os.close(fd)
-                            fd = None
-                            time.sleep(_POLL)
-                            continue
-                        if check is not None:
-                            check.update(data)
-                        data = self.ch.corrupt(item.paths[0], first, data)
-                        self.ch.send(downstream, DATA, j, sent, data)
-                        sent += len(data)
-                        first = False
-                        continue
-                    if final and sent >= item.size:
-                        if check is not None and not check.matches():
-                            logger.warning(
-                                "rank %d: %s as read during its download fails its digest; sending it again",
-                                self.me,
-                                item.paths[0],
-                            )
-                            self.ch.send(downstream, END, j, 0)
-                            again = True  # from the published file; the receiver checks it as always
-                            break
-                        self.ch.send(downstream, END, j, 1)
-                        return
-            finally:
-                if fd is not None:
-                    os.close(fd)
+_IDLE, _SENT, _DONE = object(), object(), object()
+
+
+class _Outgoing:
+    """One item on its way to one downstream: how much of its current generation was sent."""
+
+    def __init__(self, sender: Sender, j: int, item: Item) -> None:
+        self.sender, self.copy, self.j, self.item = sender, sender.copy, j, item
+        self.again = False  # sending the item again from its published file, after a failed check
+        self.fd: int | None = None
+        self.buf = sender.ch.buffer(CHUNK)
+        self.view = memoryview(self.buf.numpy()).cast("B")
+        self._start()
+
+    def _start(self) -> None:
+        self.close()
+        with self.copy.cond:
+            self.gen = self.copy.gen[self.j]
+        self.sent, self.first = 0, True
+        # What this node reads from a download in progress is checked on the way out: a temp file that
+        # was abandoned or written out of order must not reach the next node as good bytes.
+        self.check = Digest(self.item.expected) if self.copy.tailing and not self.again else None
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    def ready(self) -> bool:
+        """Something to do (called under the copy's lock)."""
+        copy, j = self.copy, self.j
+        return copy.gen[j] != self.gen or copy.final[j] or (copy.avail[j] > self.sent and not self.again)
+
+    def step(self, downstream: int) -> object:
+        """Send a chunk or this generation's END: ``_SENT``, ``_DONE`` (END ok), ``_IDLE`` (nothing yet)."""
+        copy, j, item, ch = self.copy, self.j, self.item, self.sender.ch
+        with copy.cond:
+            stale = copy.gen[j] != self.gen
+            avail, final, path = copy.avail[j], copy.final[j], copy.path[j]
+        if stale:
+            ch.send(downstream, END, j, 0)
+            self._start()
+            return _SENT
+        if self.sent < avail and path is not None and (final or not self.again):
+            if self.fd is None:
+                try:
+                    self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+                except FileNotFoundError:
+                    # Renamed into blobs/ between our read of its path and the open: the name of the
+                    # published file comes next.
+                    return _IDLE
+                if final and not self.sent:
+                    self.check = None  # a verified or published file: the receiver checks it anyway
+            n = os.preadv(self.fd, [self.view[: min(CHUNK, avail - self.sent)]], self.sent)
+            if not n:
+                self.close()  # a temp file left behind (a retried download writes a new one): reopen by name
+                return _IDLE
+            chunk = self.view[:n]
+            if self.check is not None:
+                self.check.update(chunk)
+            ch.corrupt(item.paths[0], self.first, chunk)
+            ch.send(downstream, DATA, j, self.sent, self.buf[:n])
+            self.sent += n
+            self.first = False
+            return _SENT
+        if final and self.sent >= item.size:
+            if self.check is not None and not self.check.matches():
+                logger.warning(
+                    "rank %d: %s as read during its download fails its digest; sending it again",
+                    self.sender.me,
+                    item.paths[0],
+                )
+                ch.send(downstream, END, j, 0)
+                self.again = True  # from the published file; the receiver checks it as always
+                self._start()
+                return _SENT
+            ch.send(downstream, END, j, 1)
+            self.close()
+            return _DONE
+        return _IDLE

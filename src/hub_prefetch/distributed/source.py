@@ -13,6 +13,7 @@ from typing import Any, cast
 
 from .. import cache, errors
 from ..engine import partial_dir
+from ..engine.parts import contiguous_prefix, read_record, sidecar
 from ..prefetch import PrefetchResult, Request
 from ..prefetch.sidefiles import read_listing
 from ..verify import ExpectedFile
@@ -119,7 +120,7 @@ def _watch(pinned: Request, copy: LocalCopy, done: threading.Event) -> None:
     the published file, never a bad byte downstream.
 
     huggingface_hub writes a body in blocks of ``DOWNLOAD_CHUNK_SIZE`` (10 MB): a smaller file appears
-    only whole, and is relayed then."""
+    only whole, and is relayed then. The engine's files are followed chunk by chunk, split or not."""
     manifest = copy.manifest
     assert manifest is not None
     copy.tailing = True
@@ -133,30 +134,35 @@ def _watch(pinned: Request, copy: LocalCopy, done: threading.Event) -> None:
                 continue
             if (path := in_snapshot(snapshot, item)) is not None:
                 copy.set_final(j, path)
-            elif (grown := _growing((blobs, partials), item.etag, copy.avail[j])) is not None:
+            elif (grown := _growing((blobs, partials), item.etag, copy.avail[j], item.size)) is not None:
                 copy.grow(j, *grown)
         if finished or copy.complete():
             return
         done.wait(_POLL)
 
 
-def _growing(folders: tuple[Path, ...], etag: str, avail: int) -> tuple[Path, int] | None:
-    """The largest temp file of blob ``etag`` being downloaded, if it holds more than ``avail`` bytes:
-    ``<etag>.incomplete`` / ``<etag>.<id>.incomplete`` (huggingface_hub) or ``<etag>`` (the engine's
-    partial file, when one stream writes it front to back: a split download, which has a ``.parts``
-    record beside it, writes ranges ahead of its front, so it is relayed once published)."""
+def _growing(folders: tuple[Path, ...], etag: str, avail: int, size: int) -> tuple[Path, int] | None:
+    """The temp file of blob ``etag`` being downloaded, with how many bytes from its start are written,
+    if that is more than ``avail``: huggingface_hub's ``<etag>.incomplete`` / ``<etag>.<id>.incomplete``
+    (the largest), or the engine's partial file ``<etag>``. A single stream writes that front to back,
+    so its length is its front; a split download writes ranges ahead of its front and keeps their
+    progress in the ``.parts`` record beside it, whose contiguous prefix is the front."""
     best: tuple[Path, int] | None = None
     for folder in folders:
-        if folder.name == "partial" and (folder / f"{etag}.parts").exists():
+        engine = folder.name == "partial"
+        if engine and (record := sidecar(folder / etag)).exists():
+            parts = read_record(record, size)
+            front = contiguous_prefix(parts) if parts is not None else 0
+            if front > avail and (best is None or front > best[1]):
+                best = (folder / etag, front)
             continue
         with contextlib.suppress(OSError):
             for entry in os.scandir(folder):
                 name = entry.name
-                if (name == etag and folder.name == "partial") or (
-                    name.startswith(etag + ".") and name.endswith(".incomplete")
-                ):
+                ours = name == etag and engine
+                if ours or (name.startswith(etag + ".") and name.endswith(".incomplete")):
                     with contextlib.suppress(OSError):
-                        size = entry.stat(follow_symlinks=False).st_size
-                        if size > avail and (best is None or size > best[1]):
-                            best = (Path(entry.path), size)
+                        length = entry.stat(follow_symlinks=False).st_size
+                        if length > avail and (best is None or length > best[1]):
+                            best = (Path(entry.path), length)
     return best

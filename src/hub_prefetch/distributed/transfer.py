@@ -14,6 +14,7 @@ one byte of the first chunk it sends of a matching file (a chunk corrupted in tr
 from __future__ import annotations
 
 import fnmatch
+import logging
 import os
 from dataclasses import dataclass
 from datetime import timedelta
@@ -40,6 +41,8 @@ MANIFEST, DATA, END, KEEPALIVE, ABORT, RESUME = 1, 2, 3, 4, 5, 6
 DATA_TAG, CTRL_TAG = 17, 18
 FAULT_ENV = "HUB_PREFETCH_FANOUT_FAULT"
 
+logger = logging.getLogger("hub_prefetch.distributed")
+
 
 class PeerFailed(Exception):
     """A peer is gone, stalled past the timeout, or sent something out of protocol."""
@@ -52,10 +55,12 @@ class PeerFailed(Exception):
 
 @dataclass(frozen=True)
 class Message:
+    """One message; ``payload`` is a view of the receive buffer (``bytes(payload)`` to keep a copy)."""
+
     kind: int
     item: int = 0
     value: int = 0
-    payload: bytes = b""
+    payload: bytes | memoryview = b""
 
 
 class Channel:
@@ -85,18 +90,27 @@ class Channel:
         kind: int,
         item: int = 0,
         value: int = 0,
-        payload: bytes | memoryview = b"",
+        payload: bytes | memoryview | Any = b"",
         *,
         tag: int = DATA_TAG,
     ) -> None:
+        """``payload``: bytes, or a uint8 tensor (sent without a copy; reusable once this returns)."""
         torch = self._torch
-        header = torch.tensor([kind, item, value, len(payload)], dtype=torch.int64)
+        length = int(payload.numel()) if isinstance(payload, torch.Tensor) else len(payload)
+        header = torch.tensor([kind, item, value, length], dtype=torch.int64)
         work = self.dist.isend(header, dst=peer, group=self.group, tag=tag)
         self._wait(work, header, peer, "send", None)
-        if len(payload):
-            body = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+        if length:
+            if isinstance(payload, torch.Tensor):
+                body = payload
+            else:
+                body = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
             work = self.dist.isend(body, dst=peer, group=self.group, tag=tag)
             self._wait(work, body, peer, "send", None)
+
+    def buffer(self, size: int) -> Any:
+        """A uint8 tensor to read a chunk into and :meth:`send` as it is."""
+        return self._torch.empty(size, dtype=self._torch.uint8)
 
     def recv(self, peer: int, *, tag: int = DATA_TAG, timeout: float | None = None) -> Message:
         torch = self._torch
@@ -107,26 +121,35 @@ class Channel:
         if kind not in (MANIFEST, DATA, END, KEEPALIVE, ABORT, RESUME) or length < 0 or length > 1 << 31:
             self._stale.append((work, header))
             raise PeerFailed(peer, f"out of protocol: header {header.tolist()}")
-        payload = b""
+        payload: bytes | memoryview = b""
         if length:
             body = torch.empty(length, dtype=torch.uint8)
             work = self.dist.irecv(body, src=peer, group=self.group, tag=tag)
             self._wait(work, body, peer, "receive", timeout)
-            payload = body.numpy().tobytes()
+            payload = memoryview(body.numpy()).cast("B")  # a view of the buffer: no copy
         return Message(kind, item, value, payload)
 
-    def corrupt(self, path: str, first_chunk: bool, data: bytes) -> bytes:
-        """The test fault: flip one byte of the first chunk of a matching file."""
+    def corrupt(self, path: str, first_chunk: bool, data: memoryview) -> None:
+        """The test fault: flip one byte of the first chunk of a matching file (in place)."""
         if self._fault is None or not first_chunk or not data or not fnmatch.fnmatch(path, self._fault):
-            return data
+            return
         self._fault = None  # once
-        flipped = bytearray(data)
-        flipped[len(flipped) // 2] ^= 0xFF
-        return bytes(flipped)
+        data[len(data) // 2] ^= 0xFF
 
     @property
     def failed_ops(self) -> int:
         return len(self._stale)
+
+    def close(self) -> None:
+        """Destroy the subgroup (a local call; a peer that still talks to this rank fails at once). Kept
+        when an operation failed: it may still be pending inside gloo with its buffers."""
+        if self._stale or self.group is None:
+            return
+        try:
+            self.dist.destroy_process_group(self.group)
+        except Exception as exc:  # noqa: BLE001 - its sockets then close with the process
+            logger.debug("the transfer group was not destroyed: %s", exc)
+        self.group = None
 
 
 def _parse_fault(raw: str, rank: int) -> str | None:

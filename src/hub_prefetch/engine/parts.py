@@ -23,7 +23,16 @@ import struct
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Part", "PartsRecord", "drop_parts", "load_parts", "plan_parts", "read_record", "sidecar"]
+__all__ = [
+    "Part",
+    "PartsRecord",
+    "contiguous_prefix",
+    "drop_parts",
+    "load_parts",
+    "plan_parts",
+    "read_record",
+    "sidecar",
+]
 
 _MAGIC = b"HPFPART1"
 _HEAD = struct.Struct("<8sQQ")  # magic, file size, number of parts
@@ -83,6 +92,18 @@ def read_record(path: Path, size: int) -> list[Part] | None:
             return None
         front = p.end
     return parts if front == size else None
+
+
+def contiguous_prefix(parts: list[Part]) -> int:
+    """How many bytes from the start of the file are on disk: the front a reader may follow."""
+    front = 0
+    for p in parts:
+        if p.start != front:
+            break
+        front = p.offset
+        if not p.complete:
+            break
+    return front
 
 
 def load_parts(partial: Path, size: int | None, planned: list[Part]) -> list[Part]:
