@@ -103,3 +103,34 @@ def test_a_split_download_is_followed_up_to_its_contiguous_front(tmp_path: Path)
         record.close()
     (partial / f"{SHA_A}.parts").write_bytes(b"garbage")  # a record that cannot be read: nothing
     assert _growing((partial,), SHA_A, 0, size) is None
+
+
+def test_chunks_stay_small_until_the_link_is_measured_then_follow_its_rate() -> None:
+    """A chunk is what every hop adds, so it stays at 64 KiB on a slow link; on a fast one it grows (at
+    most doubling per chunk) to about 5 ms of the rate measured over more than a send buffer's worth."""
+    import torch
+
+    from hub_prefetch.distributed.localcopy import LocalCopy
+    from hub_prefetch.distributed.sender import MAX_CHUNK, MIN_CHUNK, Sender
+
+    class Wire:
+        timeout = 1.0
+
+        def buffer(self, size: int) -> torch.Tensor:
+            return torch.empty(size, dtype=torch.uint8)
+
+    fast = Sender(Wire(), LocalCopy(), [], 0)  # type: ignore[arg-type]
+    for _ in range(255):  # 16 MiB - 64 KiB at 1 GB/s: not trusted yet (a send buffer hides the link)
+        fast.timed(MIN_CHUNK, MIN_CHUNK / 1e9)
+    assert fast.chunk == MIN_CHUNK
+    sizes = []
+    for _ in range(8):
+        fast.timed(fast.chunk, fast.chunk / 1e9)
+        sizes.append(fast.chunk)
+    assert sizes[:4] == [2 * MIN_CHUNK, 4 * MIN_CHUNK, 8 * MIN_CHUNK, 16 * MIN_CHUNK]
+    assert sizes[-1] == MAX_CHUNK  # 5 ms of 1 GB/s is more than the largest chunk
+
+    slow = Sender(Wire(), LocalCopy(), [], 0)  # type: ignore[arg-type]
+    for _ in range(400):  # 25 MiB at 10 MB/s: 5 ms of it is less than the smallest chunk
+        slow.timed(MIN_CHUNK, MIN_CHUNK / 1e7)
+    assert slow.chunk == MIN_CHUNK

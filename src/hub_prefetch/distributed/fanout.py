@@ -41,11 +41,11 @@ from ..prefetch import PrefetchResult, Request, try_warm
 from .localcopy import LocalCopy
 from .manifest import Manifest
 from .receiver import Receiver, await_manifest
-from .sender import CHUNK, WARM, Sender
+from .sender import WARM, Sender
 from .source import download_exposed, in_snapshot
 from .transfer import CTRL_TAG, RESUME, Channel, PeerFailed
 
-__all__ = ["CHUNK", "MAX_PEERS", "Fanout", "Manifest", "new_transfer_group"]
+__all__ = ["MAX_PEERS", "Fanout", "Manifest", "new_transfer_group"]
 
 logger = logging.getLogger("hub_prefetch.distributed")
 

@@ -15,12 +15,18 @@ from .localcopy import GaveUp, LocalCopy
 from .manifest import Item
 from .transfer import ABORT, CTRL_TAG, DATA, END, KEEPALIVE, MANIFEST, RESUME, Channel, PeerFailed
 
-__all__ = ["CHUNK", "WARM", "Sender"]
+__all__ = ["CHUNK_TIME", "MAX_CHUNK", "MIN_CHUNK", "WARM", "Sender"]
 
 logger = logging.getLogger("hub_prefetch.distributed")
 
-#: Bytes per DATA message: a relay forwards a chunk as soon as it has it, so this is the pipeline's step.
-CHUNK = 256 << 10
+#: The smallest and largest DATA message. A relay forwards a chunk once it has all of it, so a chunk's
+#: time on the wire is what every hop adds; each message also costs a fixed ~0.1-0.6 ms (gloo, Python).
+#: The size follows the rate measured on the link: about ``CHUNK_TIME`` of it per message (64 KiB up to
+#: 13 MB/s, 4 MiB from 800 MB/s), so slow links keep hops short and fast ones keep their throughput.
+MIN_CHUNK = 64 << 10
+MAX_CHUNK = 4 << 20
+CHUNK_TIME = 0.005
+_TRUST_AFTER = 16 << 20
 #: RESUME's value from a leader whose cache is already warm: the manifest only, no items.
 WARM = 1
 _POLL = 0.02
@@ -32,6 +38,10 @@ class Sender:
     def __init__(self, channel: Channel, copy: LocalCopy, downstreams: list[int], me: int) -> None:
         self.ch, self.copy, self.downstreams, self.me = channel, copy, downstreams, me
         self.ttl = channel.timeout
+        self.chunk = MIN_CHUNK
+        self.sent_bytes, self.send_time = 0, 0.0
+        self.buf = channel.buffer(MAX_CHUNK)  # one chunk at a time: the sender is one thread
+        self.view = memoryview(self.buf.numpy()).cast("B")
         self._thread = threading.Thread(target=self._serve, name="hub-prefetch-fanout-send", daemon=True)
 
     def start(self) -> None:
@@ -105,6 +115,18 @@ class Sender:
                     return
             self.ch.send(downstream, KEEPALIVE)
 
+    def timed(self, n: int, seconds: float) -> None:
+        """A chunk of ``n`` bytes took ``seconds`` to send. Once more has gone out than a socket's send
+        buffer can hide (its first megabytes seem to leave at once), aim each chunk at ``CHUNK_TIME`` of
+        the rate seen so far, at most doubling or halving at a time."""
+        self.sent_bytes += n
+        self.send_time += seconds
+        if self.sent_bytes < _TRUST_AFTER:
+            return
+        target = self.sent_bytes / max(self.send_time, 1e-6) * CHUNK_TIME
+        size = min(max(target, self.chunk / 2, MIN_CHUNK), self.chunk * 2, MAX_CHUNK)
+        self.chunk = int(size) // MIN_CHUNK * MIN_CHUNK
+
     def _abort(self, downstream: int) -> None:
         error = self.copy.error
         self.ch.send(
@@ -122,8 +144,6 @@ class _Outgoing:
         self.sender, self.copy, self.j, self.item = sender, sender.copy, j, item
         self.again = False  # sending the item again from its published file, after a failed check
         self.fd: int | None = None
-        self.buf = sender.ch.buffer(CHUNK)
-        self.view = memoryview(self.buf.numpy()).cast("B")
         self._start()
 
     def _start(self) -> None:
@@ -141,9 +161,14 @@ class _Outgoing:
             self.fd = None
 
     def ready(self) -> bool:
-        """Something to do (called under the copy's lock)."""
+        """Something to do (called under the copy's lock): a whole chunk, or the rest of a final item.
+
+        Whole chunks only: a download in progress grows by a few kB at a time, and a message per
+        increment would cost more fixed time per byte than the link has."""
         copy, j = self.copy, self.j
-        return copy.gen[j] != self.gen or copy.final[j] or (copy.avail[j] > self.sent and not self.again)
+        if copy.gen[j] != self.gen or copy.final[j]:
+            return True
+        return copy.avail[j] - self.sent >= self.sender.chunk and not self.again
 
     def step(self, downstream: int) -> object:
         """Send a chunk or this generation's END: ``_SENT``, ``_DONE`` (END ok), ``_IDLE`` (nothing yet)."""
@@ -155,7 +180,8 @@ class _Outgoing:
             ch.send(downstream, END, j, 0)
             self._start()
             return _SENT
-        if self.sent < avail and path is not None and (final or not self.again):
+        whole = avail - self.sent >= self.sender.chunk and not self.again
+        if self.sent < avail and path is not None and (final or whole):
             if self.fd is None:
                 try:
                     self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
@@ -165,15 +191,18 @@ class _Outgoing:
                     return _IDLE
                 if final and not self.sent:
                     self.check = None  # a verified or published file: the receiver checks it anyway
-            n = os.preadv(self.fd, [self.view[: min(CHUNK, avail - self.sent)]], self.sent)
+            sender = self.sender
+            n = os.preadv(self.fd, [sender.view[: min(sender.chunk, avail - self.sent)]], self.sent)
             if not n:
                 self.close()  # a temp file left behind (a retried download writes a new one): reopen by name
                 return _IDLE
-            chunk = self.view[:n]
+            chunk = sender.view[:n]
             if self.check is not None:
                 self.check.update(chunk)
             ch.corrupt(item.paths[0], self.first, chunk)
-            ch.send(downstream, DATA, j, self.sent, self.buf[:n])
+            started = time.monotonic()
+            ch.send(downstream, DATA, j, self.sent, sender.buf[:n])
+            sender.timed(n, time.monotonic() - started)
             self.sent += n
             self.first = False
             return _SENT

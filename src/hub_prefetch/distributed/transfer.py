@@ -98,15 +98,19 @@ class Channel:
         torch = self._torch
         length = int(payload.numel()) if isinstance(payload, torch.Tensor) else len(payload)
         header = torch.tensor([kind, item, value, length], dtype=torch.int64)
-        work = self.dist.isend(header, dst=peer, group=self.group, tag=tag)
-        self._wait(work, header, peer, "send", None)
-        if length:
-            if isinstance(payload, torch.Tensor):
-                body = payload
-            else:
-                body = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
-            work = self.dist.isend(body, dst=peer, group=self.group, tag=tag)
-            self._wait(work, body, peer, "send", None)
+        head = self.dist.isend(header, dst=peer, group=self.group, tag=tag)
+        if not length:
+            self._wait(head, header, peer, "send", None)
+            return
+        if isinstance(payload, torch.Tensor):
+            body = payload
+        else:
+            body = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+        # Both posted before either is awaited: one wait per message, so a sender that shares its
+        # process (and the GIL) with a download waits for the interpreter once per chunk, not twice.
+        work = self.dist.isend(body, dst=peer, group=self.group, tag=tag)
+        self._wait(head, (header, body, work), peer, "send", None)
+        self._wait(work, body, peer, "send", None)
 
     def buffer(self, size: int) -> Any:
         """A uint8 tensor to read a chunk into and :meth:`send` as it is."""
