@@ -210,6 +210,16 @@ def _breakdown(requests: Sequence[Any], lo: float, ready: float, loaded: float) 
         "hub_transfer_s": last_get - first_get,
         "after_last_get_s": ready - last_get,
         "load_s": loaded - ready,
+        # Each GET, from the barrier: with files fetched side by side, all of them end near the end.
+        "get_log": [
+            {
+                "file": q.filename,
+                "bytes": q.bytes_sent,
+                "start_s": q.t_start - lo,
+                "end_s": (q.t_end or q.t_start) - lo,
+            }
+            for q in sorted(gets, key=lambda q: q.t_start)
+        ],
     }
 
 
