@@ -68,7 +68,7 @@ def rank_main(
     ``netns``: first move into that node's network namespace (gloo then talks over its ``eth0``)."""
     os.environ["HUB_PREFETCH_HOST_ID"] = host_id
     if netns is not None:
-        from _netns import enter
+        from hub_prefetch.testing.netns import enter
 
         enter(netns)
         os.environ["GLOO_SOCKET_IFNAME"] = "eth0"
@@ -495,13 +495,13 @@ def test_error_corrupt_chunk_and_read_only_node(
 # ----------------------------------------------------------------------------- real links
 
 
-def _netns_refused() -> str | None:
-    from _netns import REFUSED
+def _links_refused() -> str | None:
+    from hub_prefetch.testing.netns import refused
 
-    return REFUSED
+    return refused()
 
 
-@pytest.mark.skipif(_netns_refused() is not None, reason=f"no network namespaces: {_netns_refused()}")
+@pytest.mark.skipif(_links_refused() is not None, reason=f"no network namespaces: {_links_refused()}")
 def test_nodes_behind_rate_limited_links(
     hub_store: Any, built_repos: Any, hf_env: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -510,9 +510,8 @@ def test_nodes_behind_rate_limited_links(
     fan-out costs one download plus the source's upload of the model (this model's files are smaller
     than the 10 MB blocks huggingface_hub writes, so the source relays each file once it is whole) plus
     a chunk per hop (each relay forwards a chunk as soon as it has it)."""
-    from _netns import links
-
     from hub_prefetch.testing import LocalHub
+    from hub_prefetch.testing.netns import links
 
     built = built_repos["sharded"]
     nodes, rate = 4, 1_000_000.0

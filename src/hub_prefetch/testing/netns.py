@@ -6,6 +6,15 @@ The bridge carries ``10.<net>.0.254`` (a /24 no interface uses yet); node ``i`` 
 ``GLOO_SOCKET_IFNAME=eth0``). A local Hub bound to the bridge's address is reachable from every node.
 A worker joins its node with :func:`enter` (``setns``) before it opens any socket. Needs root, ``ip``
 and ``tc``; :data:`REFUSED` says why not, for a skip.
+
+    from hub_prefetch.testing.netns import REFUSED, enter, links
+
+    with links(4, rate_mbit=80) as net:             # 4 nodes, 10 MB/s each way per node
+        hub = LocalHub(store, host=net.hub_ip).start()
+        ...                                         # rank r of node i: enter(net.namespaces[i]) first
+
+:data:`REFUSED` is worked out on first use (building and removing a one-node set of links), not on
+import, so a worker that only calls :func:`enter` pays nothing for it.
 """
 
 from __future__ import annotations
@@ -13,13 +22,14 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import functools
 import os
 import shutil
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["REFUSED", "Links", "enter", "links"]
+__all__ = ["REFUSED", "Links", "enter", "links", "refused"]
 
 _CLONE_NEWNET = 0x40000000
 _IP = shutil.which("ip") or "/usr/sbin/ip"
@@ -50,11 +60,15 @@ def _refusal() -> str | None:
 
 @dataclass(frozen=True)
 class Links:
+    """What :func:`links` built: one namespace per node (``namespaces[i]`` is node ``i``), the bridge's
+    address ``hub_ip`` (bind a server there to reach it from every node) and the nodes' interface name."""
+
     namespaces: tuple[str, ...]
     hub_ip: str
     ifname: str = "eth0"
 
     def node_ip(self, i: int) -> str:
+        """The address of node ``i`` on its ``eth0``."""
         return self.hub_ip.rsplit(".", 1)[0] + f".{i + 1}"
 
 
@@ -72,7 +86,9 @@ def _free_net() -> int:
 
 @contextlib.contextmanager
 def links(nodes: int, *, rate_mbit: float, tag: str | None = None, net: int | None = None) -> Iterator[Links]:
-    """``nodes`` namespaces on one bridge, every link limited to ``rate_mbit`` in each direction."""
+    """``nodes`` namespaces on one bridge, every link limited to ``rate_mbit`` in each direction; all of it
+    is removed on exit. ``tag`` names the interfaces and namespaces (default: from the pid), ``net`` picks
+    the ``10.<net>.0.0/24`` subnet (default: a free one). Raises :class:`OSError` when ``ip`` fails."""
     tag = tag or str(os.getpid() % 100000)
     net = _free_net() if net is None else net
     bridge = f"hpb{tag}"
@@ -134,5 +150,19 @@ def enter(namespace: str) -> None:
         os.close(fd)
 
 
+@functools.cache
+def refused() -> str | None:
+    """Why nodes cannot get their own network namespace here (None: they can); worked out once per
+    process. Tests skip with this reason."""
+    return _refusal()
+
+
 #: Why nodes cannot get their own network namespace here (None: they can). Tests skip with this reason.
-REFUSED = _refusal()
+#: Computed on first access (see :func:`refused`).
+REFUSED: str | None
+
+
+def __getattr__(name: str) -> str | None:
+    if name == "REFUSED":
+        return refused()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
