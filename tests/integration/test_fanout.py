@@ -12,10 +12,13 @@ Figures (Hub bytes per model size, time until every rank loaded) are printed wit
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import os
+import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -44,30 +47,69 @@ def rank_main(
     host_id: str,
     phases: list[dict[str, Any]],
     netns: str | None = None,
+    group_ranks: list[int] | None = None,
 ) -> dict[str, Any]:
     """One rank: join the group; per phase, prefetch_distributed then load with local_files_only.
     A phase's ``env`` is set first (a test knob read at call time); ``fanout`` is passed on.
-    ``netns``: first move into that node's network namespace (gloo then talks over its ``eth0``)."""
+    ``netns``: first move into that node's network namespace (gloo then talks over its ``eth0``).
+    ``group_ranks``: every rank creates ``new_group(group_ranks)``; only its members run the phases, with
+    ``group=`` that group (lined up by its barrier), recording the fan-out's own log lines (``heard``);
+    every rank then meets the others at a final barrier."""
     os.environ["HUB_PREFETCH_HOST_ID"] = host_id
     if netns is not None:
         from _netns import enter
 
         enter(netns)
         os.environ["GLOO_SOCKET_IFNAME"] = "eth0"
-    dist_ranks.join(rank, world, init_file)
+    dist = dist_ranks.join(rank, world, init_file)
     from hub_prefetch.distributed import prefetch_distributed
 
+    # new_group is a collective over the default group: members or not, every rank calls it.
+    group = dist.new_group(group_ranks) if group_ranks is not None else None
+    member = group_ranks is None or rank in group_ranks
     out: dict[str, Any] = {"rank": rank, "phases": []}
-    for spec in phases:
+    for spec in phases if member else []:
         for key, value in spec.get("env", {}).items():
             os.environ[key] = value  # read at call time (a test knob of this phase)
         call = functools.partial(
-            prefetch_distributed, SHARDED, [SUB], cache_dir=spec["cache_dir"], fanout=spec.get("fanout")
+            prefetch_distributed,
+            SHARDED,
+            [SUB],
+            cache_dir=spec["cache_dir"],
+            fanout=spec.get("fanout"),
+            **({"group": group} if group is not None else {}),
         )
-        out["phases"].append(
-            dist_ranks.timed_phase(call, repo_id=SHARDED, subfolder=SUB, cache_dir=spec["cache_dir"])
-        )
+        with _heard("hub_prefetch.distributed", on=group is not None) as heard:
+            rec = dist_ranks.timed_phase(
+                call, repo_id=SHARDED, subfolder=SUB, cache_dir=spec["cache_dir"], barrier_group=group
+            )
+        out["phases"].append({**rec, "heard": heard} if group is not None else rec)
+    if group_ranks is not None:
+        dist.barrier()
     return out
+
+
+@contextlib.contextmanager
+def _heard(name: str, *, on: bool) -> Iterator[list[str]]:
+    """The messages logger ``name`` (and its children) emit at DEBUG and above while inside, if ``on``."""
+    heard: list[str] = []
+    if not on:
+        yield heard
+        return
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            heard.append(record.getMessage())
+
+    logger = logging.getLogger(name)
+    keep, level = _Keep(logging.DEBUG), logger.level
+    logger.addHandler(keep)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield heard
+    finally:
+        logger.removeHandler(keep)
+        logger.setLevel(level)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -87,9 +129,10 @@ def _pool(
     hosts: Sequence[str],
     phases: Sequence[Sequence[dict[str, Any]]],
     netns: Sequence[str] | None = None,
+    **kw: Any,
 ) -> Any:
     per_rank = [{"netns": ns} for ns in netns] if netns is not None else None
-    kwargs = dist_ranks.rank_kwargs(tmp_path, hosts, phases, per_rank=per_rank)
+    kwargs = dist_ranks.rank_kwargs(tmp_path, hosts, phases, per_rank=per_rank, **kw)
     return dist_ranks.pool(TARGET, env, kwargs)
 
 
@@ -172,6 +215,46 @@ def test_one_hub_download_for_the_whole_job(
             f"({times[0] / times[1]:.2f}x the time)"
         )
     print(line)
+
+
+def test_a_callers_group_of_some_ranks(
+    local_hub: Any, built_repos: Any, hf_env: dict[str, Any], tmp_path: Path
+) -> None:
+    """``group=``: three nodes of two ranks; every rank creates ``new_group([0, 1, 2, 3])`` (the first two
+    nodes), whose ranks call ``prefetch_distributed(..., group=g)`` and load; the third node's ranks call
+    nothing but the final barrier. The group's two domain leaders build their transfer subgroup among
+    themselves (``use_local_synchronization``): rank 0 downloads, rank 2 receives from it, the Hub serves
+    the model once, and the third node's cache stays empty."""
+    built = built_repos["sharded"]
+    model = dist_ranks.model_bytes(local_hub, built.commit)
+    local_hub.set_bandwidth(model / 1.5)  # one download takes about 1.5 s
+    hosts = [f"node-{n}" for n in range(3) for _ in range(2)]
+    members = [0, 1, 2, 3]
+    caches = _caches(tmp_path, hosts, "group")
+    local_hub.reset_log()
+    with _pool(_env(hf_env), tmp_path, hosts, [caches], group_ranks=members) as pool:
+        pool.wait_ready()
+        pool.go()
+        values = dist_ranks.ok(pool.results())
+    assert [len(v["phases"]) for v in values] == [1, 1, 1, 1, 0, 0]
+    recs = dist_ranks.phase(values[: len(members)], 0)
+    dist_ranks.all_loaded(recs, built)
+    requests = dist_ranks.window(local_hub, recs)
+    assert dist_ranks.get_bytes(requests) == model  # 1.00x
+    assert local_hub.bytes_served() == model  # nothing before or after the phase either
+    for f in [p for p in local_hub.store.files(SHARDED, built.commit) if p.startswith(f"{SUB}/")]:
+        assert sum(q.full_body and q.filename == f for q in requests) == 1, f
+    # The leaders got the files (followers nothing): rank 0 from the Hub, rank 2 from rank 0.
+    assert [r["rank"] for r in recs if r["downloaded"]] == [0, 2]
+    received = re.compile(r"received \d+ bytes from rank")
+    heard = {r["rank"]: [m for m in r["heard"] if received.search(m)] for r in recs}
+    assert [(r, len(h)) for r, h in heard.items() if h] == [(2, 1)], heard
+    assert heard[2][0].endswith("from rank 0"), heard
+    # The third node's ranks never touched their cache.
+    assert not list(Path(caches[4]["cache_dir"]).glob("models--*/snapshots/*"))
+    elapsed = max(r["t2"] for r in recs) - min(r["t0"] for r in recs)
+    assert elapsed < 30, elapsed
+    print(f"\n[group= of ranks 0-3 of 6 (2 of 3 nodes)] Hub bytes 1.00x, the group loaded in {elapsed:.2f} s")
 
 
 # ----------------------------------------------------------------------------- faults
