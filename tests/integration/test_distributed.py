@@ -3,8 +3,9 @@
 Two "nodes" are simulated on one machine: each rank gets a host identity (``HUB_PREFETCH_HOST_ID``)
 and its node's cache folder; a shared filesystem is one folder for every rank. Ranks are real
 processes released together (:class:`~hub_prefetch.testing.WorkerPool`); the process group is
-initialised through a FileStore. The worker targets live in this module (imported by the workers
-through ``PYTHONPATH``); they import torch lazily, so the test process itself never needs it.
+initialised through a FileStore. The worker target lives in this module (imported by the workers
+through ``PYTHONPATH``), the harness it shares with ``test_fanout.py`` in :mod:`tests.support.dist_ranks`;
+both import torch lazily, so the test process itself never needs it.
 
 Figures (bytes served per model size, time until every rank loaded per one process alone) are
 printed with ``-s`` and asserted.
@@ -12,6 +13,7 @@ printed with ``-s`` and asserted.
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Sequence
@@ -21,36 +23,15 @@ from typing import Any
 import pytest
 
 import hub_prefetch
+from tests.support import dist_ranks
+from tests.support.dist_ranks import SHARDED, SUB
 
 pytestmark = pytest.mark.slow
 
-SHARDED = "tiny/sharded-bert"
-SUB = "text_encoder"
-HERE = Path(__file__).resolve().parent
 TARGET = f"{Path(__file__).stem}:rank_main"
-# Imported before READY, so that GO starts the calls rather than the imports.
-PRELOAD = (
-    "torch.distributed",
-    "transformers",
-    "transformers.models.bert.modeling_bert",
-    "hub_prefetch.testing.repos",
-    "hub_prefetch.distributed",
-)
 
 
-# ----------------------------------------------------------------------------- worker targets
-
-
-def _load(repo_id: str, subfolder: str, commit: str, cache_dir: str) -> str:
-    import transformers
-
-    from hub_prefetch.testing.repos import tensor_fingerprint
-
-    transformers.logging.set_verbosity_error()
-    model = transformers.AutoModel.from_pretrained(
-        repo_id, subfolder=subfolder, revision=commit, cache_dir=cache_dir, local_files_only=True
-    )
-    return str(tensor_fingerprint(model))
+# ----------------------------------------------------------------------------- worker target
 
 
 def rank_main(
@@ -67,20 +48,17 @@ def rank_main(
     """One rank: join the group, then per phase: prefetch_distributed, load with local_files_only.
 
     Phases run back to back in the same processes (one process start for several scenarios); the
-    default group's barrier separates them. ``baseline_cache``: rank 0 first prefetches and loads alone
-    while the others wait (the "one process alone" figure).
+    default group's barrier separates them. A phase may name its ``repo_id``/``subfolder``, a
+    ``bad_subfolder`` to ask for instead, ``scope`` and ``fanout``. ``group_timeout``: the calls are
+    given a subgroup of every rank with that timeout. ``baseline_cache``: rank 0 first prefetches and
+    loads alone while the others wait (the "one process alone" figure).
     """
     os.environ["HUB_PREFETCH_HOST_ID"] = host_id
+    dist = dist_ranks.join(rank, world, init_file)
     from datetime import timedelta
 
-    import torch.distributed as dist
-
-    import hub_prefetch
     from hub_prefetch.distributed import prefetch_distributed
 
-    dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=timedelta(seconds=120)
-    )
     group = dist.new_group(timeout=timedelta(seconds=group_timeout)) if group_timeout else None
     out: dict[str, Any] = {"rank": rank, "phases": []}
     if baseline_cache is not None:
@@ -88,39 +66,20 @@ def rank_main(
         if rank == 0:
             t0 = time.time()
             res = hub_prefetch.prefetch(SHARDED, [SUB], cache_dir=baseline_cache)
-            _load(SHARDED, SUB, res.commit, baseline_cache)
+            dist_ranks.load(SHARDED, SUB, res.commit, baseline_cache)
             out["baseline"] = {"t0": t0, "t2": time.time()}
-    for phase in phases:
-        repo_id, subfolder = phase.get("repo_id", SHARDED), phase.get("subfolder", SUB)
-        # Line the ranks up before the clock starts (no download of this phase has begun yet).
-        dist.barrier()
-        t0 = time.time()
-        rec: dict[str, Any] = {"t0": t0, "ok": False}
-        try:
-            result = prefetch_distributed(
-                repo_id,
-                [phase.get("bad_subfolder", subfolder)] if "bad_subfolder" in phase else [subfolder],
-                cache_dir=phase["cache_dir"],
-                group=group,
-                cache_scope=phase.get("scope", "auto"),
-                fanout=phase.get("fanout"),
-            )
-        except Exception as exc:
-            rec.update(t1=time.time(), error_type=type(exc).__name__, error=str(exc))
-            out["phases"].append(rec)
-            continue
-        rec.update(
-            ok=True,
-            t1=time.time(),
-            commit=result.commit,
-            revision=result.revision,
-            downloaded=list(result.downloaded),
-            bytes_total=result.bytes_total,
-            warm=result.warm,
-            waited_s=result.waited_s,
+    for spec in phases:
+        repo_id, subfolder = spec.get("repo_id", SHARDED), spec.get("subfolder", SUB)
+        call = functools.partial(
+            prefetch_distributed,
+            repo_id,
+            [spec.get("bad_subfolder", subfolder)],
+            cache_dir=spec["cache_dir"],
+            group=group,
+            cache_scope=spec.get("scope", "auto"),
+            fanout=spec.get("fanout"),
         )
-        rec["fingerprint"] = _load(repo_id, subfolder, result.commit, phase["cache_dir"])
-        rec["t2"] = time.time()
+        rec = dist_ranks.timed_phase(call, repo_id=repo_id, subfolder=subfolder, cache_dir=spec["cache_dir"])
         out["phases"].append(rec)
     if control_timeout:
         # Proof that the group's short timeout is real: a collective that one rank joins late fails.
@@ -138,63 +97,14 @@ def rank_main(
 
 
 def _env(hf_env: dict[str, Any], **extra: str) -> dict[str, Any]:
-    env = dict(hf_env)
-    old = os.environ.get("PYTHONPATH")
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), *([old] if old else [])])
-    env["HUB_PREFETCH_LEASE_TTL"] = "2"
-    env["HUB_PREFETCH_BACKOFF"] = "0.1"
-    env.update(extra)
-    return env
-
-
-def _ranks(
-    tmp_path: Path,
-    hosts: Sequence[str],
-    phases: Sequence[dict[str, Any] | Sequence[dict[str, Any]]],
-    **kw: Any,
-) -> list[dict[str, Any]]:
-    """Per-rank kwargs; a phase given as a sequence holds one dict per rank (per-node caches)."""
-    init = tmp_path / "store"
-    return [
-        {
-            "rank": r,
-            "world": len(hosts),
-            "init_file": str(init),
-            "host_id": host,
-            "phases": [dict(p) if isinstance(p, dict) else dict(p[r]) for p in phases],
-            **kw,
-        }
-        for r, host in enumerate(hosts)
-    ]
-
-
-def _pool(env: dict[str, Any], kwargs: list[dict[str, Any]], timeout: float = 150) -> Any:
-    from hub_prefetch.testing import WorkerPool
-
-    return WorkerPool(TARGET, kwargs, n=len(kwargs), env=env, timeout=timeout, preload=PRELOAD)
+    return dist_ranks.worker_env(hf_env, lease_ttl=2, **extra)
 
 
 def _run(env: dict[str, Any], kwargs: list[dict[str, Any]], timeout: float = 150) -> list[dict[str, Any]]:
-    with _pool(env, kwargs, timeout) as pool:
-        pool.wait_ready()
-        pool.go()
-        return _ok(pool.results())
-
-
-def _ok(results: Sequence[Any]) -> list[dict[str, Any]]:
-    assert all(r.ok for r in results), [(r.index, r.error_type, r.error, r.stderr[-1500:]) for r in results]
-    return [r.value for r in results]
-
-
-def _phase(values: Sequence[dict[str, Any]], i: int) -> list[dict[str, Any]]:
-    return [{"rank": v["rank"], **v["phases"][i]} for v in values]
-
-
-def _window(hub: Any, recs: Sequence[dict[str, Any]]) -> list[Any]:
-    """The Hub requests made during one phase (phases are separated by a barrier)."""
-    lo = min(r["t0"] for r in recs)
-    hi = max(r.get("t2", r["t1"]) for r in recs)
-    return [q for q in hub.requests() if lo <= q.t_start <= hi]
+    with dist_ranks.pool(TARGET, env, kwargs, timeout) as workers:
+        workers.wait_ready()
+        workers.go()
+        return dist_ranks.ok(workers.results())
 
 
 def _metadata(requests: Sequence[Any]) -> int:
@@ -232,19 +142,19 @@ def test_two_nodes_of_several_ranks_download_once_per_cache_domain(
         shared,  # finds the shared cache warm
         fanout,
     ]
-    values = _run(env, _ranks(tmp_path, hosts, phases, baseline_cache=str(tmp_path / "alone")))
+    values = _run(
+        env, dist_ranks.rank_kwargs(tmp_path, hosts, phases, baseline_cache=str(tmp_path / "alone"))
+    )
     base = values[0]["baseline"]
     alone = base["t2"] - base["t0"]
     built = built_repos["sharded"]
     files = _model_files(local_hub, built.commit)
     for i, (name, domains) in [(0, ("node-local", 2)), (1, ("shared", 1)), (3, ("node-local, fan-out", 1))]:
-        recs = _phase(values, i)
-        assert all(r["ok"] for r in recs), recs
-        assert {r["commit"] for r in recs} == {built.commit}
-        assert {r["fingerprint"] for r in recs} == {built.fingerprint}
+        recs = dist_ranks.phase(values, i)
+        dist_ranks.all_loaded(recs, built)
         # With the fan-out, node-b's leader "downloaded" from node-a's, not from the Hub.
         assert [r["rank"] for r in recs if r["downloaded"]] == ([0, per_node] if i != 1 else [0])
-        requests = _window(local_hub, recs)
+        requests = dist_ranks.window(local_hub, recs)
         for f in files:
             assert _served(requests, f) == domains, (name, f)
         model_bytes = recs[0]["bytes_total"]
@@ -262,10 +172,10 @@ def test_two_nodes_of_several_ranks_download_once_per_cache_domain(
         )
         # Waiting ranks finish at the leader's pace; one download per rank would cost 4-8 x the bytes.
         assert elapsed < 3.0 * alone + 5.0, (name, elapsed, alone)
-    warm = _phase(values, 2)
+    warm = dist_ranks.phase(values, 2)
     assert all(r["ok"] and not r["downloaded"] for r in warm), warm
     assert {r["fingerprint"] for r in warm} == {built.fingerprint}
-    assert _window(local_hub, warm) == []  # a warm job costs the Hub nothing
+    assert dist_ranks.window(local_hub, warm) == []  # a warm job costs the Hub nothing
     prefetched = max(r["t1"] for r in warm) - min(r["t0"] for r in warm)
     print(
         f"[2 nodes x {per_node} ranks, warm shared cache] 0 Hub requests; "
@@ -280,18 +190,16 @@ def test_slow_leader_does_not_trip_a_short_collective_timeout(
     env = _env(hf_env)
     group_timeout = 2.0
     built = built_repos["sharded"]
-    model_bytes = sum(
-        s.size for p, s in local_hub.store.files(SHARDED, built.commit).items() if p.startswith(SUB)
-    )
+    model_bytes = dist_ranks.model_bytes(local_hub, built.commit)
     # Throttled so that the download lasts about three collective timeouts.
     local_hub.set_bandwidth(model_bytes / (3 * group_timeout))
     phase = {"cache_dir": str(tmp_path / "hub")}
-    kwargs = _ranks(tmp_path, ["node-a"] * ranks, [phase], group_timeout=group_timeout, control_timeout=True)
+    kwargs = dist_ranks.rank_kwargs(
+        tmp_path, ["node-a"] * ranks, [phase], group_timeout=group_timeout, control_timeout=True
+    )
     values = _run(env, kwargs)
-    recs = _phase(values, 0)
-    assert all(r["ok"] for r in recs), recs
-    assert {r["commit"] for r in recs} == {built.commit}
-    assert {r["fingerprint"] for r in recs} == {built.fingerprint}
+    recs = dist_ranks.phase(values, 0)
+    dist_ranks.all_loaded(recs, built)
     download_s = recs[0]["t1"] - recs[0]["t0"]
     assert download_s > 2 * group_timeout, download_s
     followers = recs[1:]
@@ -327,8 +235,8 @@ def test_leader_killed_mid_download_the_others_take_over(
     shard = f"{SUB}/model-00002-of-00003.safetensors"
     stall = local_hub.stall(f"*/{shard}", after_bytes=10_000)
     phase = {"cache_dir": str(tmp_path / "shared" / "hub")}
-    kwargs = _ranks(tmp_path, hosts, [phase])
-    with _pool(env, kwargs) as pool:
+    kwargs = dist_ranks.rank_kwargs(tmp_path, hosts, [phase])
+    with dist_ranks.pool(TARGET, env, kwargs) as pool:
         pool.wait_ready()
         pool.go()
         deadline = time.monotonic() + 90
@@ -342,11 +250,9 @@ def test_leader_killed_mid_download_the_others_take_over(
         local_hub.clear_fault(stall)
         results = pool.results()
     assert results[0].error_type == "Killed"
-    values = _ok(results[1:])
-    recs = _phase(values, 0)
-    assert all(r["ok"] for r in recs), recs
-    assert {r["commit"] for r in recs} == {built.commit}
-    assert {r["fingerprint"] for r in recs} == {built.fingerprint}
+    values = dist_ranks.ok(results[1:])
+    recs = dist_ranks.phase(values, 0)
+    dist_ranks.all_loaded(recs, built)
     assert [r["rank"] for r in recs if r["downloaded"]] in ([1], [2], [3])
     finished = max(r["t2"] for r in recs) - t_kill
     assert finished < ttl + 30, finished
@@ -406,30 +312,28 @@ def test_errors_reach_every_rank_and_rate_limits_are_honoured(
         {"cache_dir": shared},
         local,
     ]
-    values = _run(env, _ranks(tmp_path, hosts, phases))
+    values = _run(env, dist_ranks.rank_kwargs(tmp_path, hosts, phases))
 
-    missing = _phase(values, 0)
+    missing = dist_ranks.phase(values, 0)
     assert {r["error_type"] for r in missing} == {"RepoNotFound"}, missing
     assert len({r["error"] for r in missing}) == 1
-    assert _metadata(_window(local_hub, missing)) == 1
+    assert _metadata(dist_ranks.window(local_hub, missing)) == 1
 
-    bad = _phase(values, 1)
+    bad = dist_ranks.phase(values, 1)
     assert {r["error_type"] for r in bad} == {"InvalidRequestError"}, bad
     assert len({r["error"] for r in bad}) == 1
-    assert not _window(local_hub, bad)
+    assert not dist_ranks.window(local_hub, bad)
 
-    failed = _phase(values, 2)
+    failed = dist_ranks.phase(values, 2)
     assert {r["error_type"] for r in failed} == {"GatedRepoError"}, failed
     assert len({r["error"] for r in failed}) == 1
     spread = max(r["t1"] for r in failed) - failed[0]["t1"]
     assert spread < 2.0, spread
 
-    limited = _phase(values, 3)
-    assert all(r["ok"] for r in limited), limited
+    limited = dist_ranks.phase(values, 3)
     root = built_repos["root"]
-    assert {r["commit"] for r in limited} == {root.commit}
-    assert {r["fingerprint"] for r in limited} == {root.fingerprint}
-    requests = _window(local_hub, limited)
+    dist_ranks.all_loaded(limited, root)
+    requests = dist_ranks.window(local_hub, limited)
     refused = [q for q in requests if q.status == 429]
     assert len(refused) == 3
     # Each domain fetched each path once; each refusal cost one request (no storm of retries); the refused

@@ -12,47 +12,31 @@ Figures (Hub bytes per model size, time until every rank loaded) are printed wit
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import logging
 import os
+import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 import hub_prefetch
+from tests.support import dist_ranks
+from tests.support.dist_ranks import SHARDED, SUB
 
 pytestmark = pytest.mark.slow
 
-SHARDED = "tiny/sharded-bert"
-SUB = "text_encoder"
 SHARD = f"{SUB}/model-00002-of-00003.safetensors"
-HERE = Path(__file__).resolve().parent
 TARGET = f"{Path(__file__).stem}:rank_main"
-PRELOAD = (
-    "torch.distributed",
-    "transformers",
-    "transformers.models.bert.modeling_bert",
-    "hub_prefetch.testing.repos",
-    "hub_prefetch.distributed",
-)
 TTL = 3.0  # the lease TTL: also every peer transfer's timeout
 FAULT = "HUB_PREFETCH_FANOUT_FAULT"
 
 
 # ----------------------------------------------------------------------------- worker target
-
-
-def _load(repo_id: str, subfolder: str, commit: str, cache_dir: str) -> str:
-    import transformers
-
-    from hub_prefetch.testing.repos import tensor_fingerprint
-
-    transformers.logging.set_verbosity_error()
-    model = transformers.AutoModel.from_pretrained(
-        repo_id, subfolder=subfolder, revision=commit, cache_dir=cache_dir, local_files_only=True
-    )
-    return str(tensor_fingerprint(model))
 
 
 def rank_main(
@@ -63,63 +47,76 @@ def rank_main(
     host_id: str,
     phases: list[dict[str, Any]],
     netns: str | None = None,
+    group_ranks: list[int] | None = None,
 ) -> dict[str, Any]:
     """One rank: join the group; per phase, prefetch_distributed then load with local_files_only.
-    ``netns``: first move into that node's network namespace (gloo then talks over its ``eth0``)."""
+    A phase's ``env`` is set first (a test knob read at call time); ``fanout`` is passed on.
+    ``netns``: first move into that node's network namespace (gloo then talks over its ``eth0``).
+    ``group_ranks``: every rank creates ``new_group(group_ranks)``; only its members run the phases, with
+    ``group=`` that group (lined up by its barrier), recording the fan-out's own log lines (``heard``);
+    every rank then meets the others at a final barrier."""
     os.environ["HUB_PREFETCH_HOST_ID"] = host_id
     if netns is not None:
         from hub_prefetch.testing.netns import enter
 
         enter(netns)
         os.environ["GLOO_SOCKET_IFNAME"] = "eth0"
-    from datetime import timedelta
-
-    import torch.distributed as dist
-
+    dist = dist_ranks.join(rank, world, init_file)
     from hub_prefetch.distributed import prefetch_distributed
 
-    dist.init_process_group(
-        "gloo", init_method=f"file://{init_file}", rank=rank, world_size=world, timeout=timedelta(seconds=120)
-    )
+    # new_group is a collective over the default group: members or not, every rank calls it.
+    group = dist.new_group(group_ranks) if group_ranks is not None else None
+    member = group_ranks is None or rank in group_ranks
     out: dict[str, Any] = {"rank": rank, "phases": []}
-    for phase in phases:
-        for key, value in phase.get("env", {}).items():
+    for spec in phases if member else []:
+        for key, value in spec.get("env", {}).items():
             os.environ[key] = value  # read at call time (a test knob of this phase)
-        dist.barrier()
-        t0 = time.time()
-        rec: dict[str, Any] = {"t0": t0, "ok": False}
-        try:
-            result = prefetch_distributed(
-                SHARDED, [SUB], cache_dir=phase["cache_dir"], fanout=phase.get("fanout")
-            )
-        except Exception as exc:
-            rec.update(t1=time.time(), error_type=type(exc).__name__, error=str(exc))
-            out["phases"].append(rec)
-            continue
-        rec.update(
-            ok=True,
-            t1=time.time(),
-            commit=result.commit,
-            downloaded=list(result.downloaded),
-            bytes_total=result.bytes_total,
+        call = functools.partial(
+            prefetch_distributed,
+            SHARDED,
+            [SUB],
+            cache_dir=spec["cache_dir"],
+            fanout=spec.get("fanout"),
+            **({"group": group} if group is not None else {}),
         )
-        rec["fingerprint"] = _load(SHARDED, SUB, result.commit, phase["cache_dir"])
-        rec["t2"] = time.time()
-        out["phases"].append(rec)
+        with _heard("hub_prefetch.distributed", on=group is not None) as heard:
+            rec = dist_ranks.timed_phase(
+                call, repo_id=SHARDED, subfolder=SUB, cache_dir=spec["cache_dir"], barrier_group=group
+            )
+        out["phases"].append({**rec, "heard": heard} if group is not None else rec)
+    if group_ranks is not None:
+        dist.barrier()
     return out
+
+
+@contextlib.contextmanager
+def _heard(name: str, *, on: bool) -> Iterator[list[str]]:
+    """The messages logger ``name`` (and its children) emit at DEBUG and above while inside, if ``on``."""
+    heard: list[str] = []
+    if not on:
+        yield heard
+        return
+
+    class _Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            heard.append(record.getMessage())
+
+    logger = logging.getLogger(name)
+    keep, level = _Keep(logging.DEBUG), logger.level
+    logger.addHandler(keep)
+    logger.setLevel(logging.DEBUG)
+    try:
+        yield heard
+    finally:
+        logger.removeHandler(keep)
+        logger.setLevel(level)
 
 
 # ----------------------------------------------------------------------------- helpers
 
 
 def _env(hf_env: dict[str, Any], **extra: str) -> dict[str, Any]:
-    env = dict(hf_env)
-    old = os.environ.get("PYTHONPATH")
-    env["PYTHONPATH"] = os.pathsep.join([str(HERE), *([old] if old else [])])
-    env["HUB_PREFETCH_LEASE_TTL"] = f"{TTL:g}"
-    env["HUB_PREFETCH_BACKOFF"] = "0.1"
-    env.update(extra)
-    return env
+    return dist_ranks.worker_env(hf_env, lease_ttl=TTL, **extra)
 
 
 def _caches(tmp_path: Path, hosts: Sequence[str], label: str) -> list[dict[str, Any]]:
@@ -132,44 +129,11 @@ def _pool(
     hosts: Sequence[str],
     phases: Sequence[Sequence[dict[str, Any]]],
     netns: Sequence[str] | None = None,
+    **kw: Any,
 ) -> Any:
-    from hub_prefetch.testing import WorkerPool
-
-    kwargs = [
-        {
-            "rank": r,
-            "world": len(hosts),
-            "init_file": str(tmp_path / "store"),
-            "host_id": host,
-            "phases": [dict(p[r]) for p in phases],
-            **({"netns": netns[r]} if netns is not None else {}),
-        }
-        for r, host in enumerate(hosts)
-    ]
-    return WorkerPool(TARGET, kwargs, n=len(kwargs), env=env, timeout=150, preload=PRELOAD)
-
-
-def _ok(results: Sequence[Any]) -> list[dict[str, Any]]:
-    assert all(r.ok for r in results), [(r.index, r.error_type, r.error, r.stderr[-2500:]) for r in results]
-    return [r.value for r in results]
-
-
-def _phase(values: Sequence[dict[str, Any]], i: int) -> list[dict[str, Any]]:
-    return [{"rank": v["rank"], **v["phases"][i]} for v in values]
-
-
-def _window(hub: Any, recs: Sequence[dict[str, Any]]) -> list[Any]:
-    lo = min(r["t0"] for r in recs)
-    hi = max(r.get("t2", r["t1"]) for r in recs)
-    return [q for q in hub.requests() if lo <= q.t_start <= hi]
-
-
-def _get_bytes(requests: Sequence[Any]) -> int:
-    return sum(q.bytes_sent for q in requests if q.kind == "get")
-
-
-def _model_bytes(hub: Any, commit: str) -> int:
-    return sum(s.size for p, s in hub.store.files(SHARDED, commit).items() if p.startswith(f"{SUB}/"))
+    per_rank = [{"netns": ns} for ns in netns] if netns is not None else None
+    kwargs = dist_ranks.rank_kwargs(tmp_path, hosts, phases, per_rank=per_rank, **kw)
+    return dist_ranks.pool(TARGET, env, kwargs)
 
 
 def _shards_received(cache_dir: str) -> int:
@@ -190,14 +154,6 @@ def _until(what: str, check: Callable[[], bool], timeout: float = 90) -> None:
 
 def _stalled(hub: Any) -> bool:
     return any(q.filename == SHARD and q.bytes_sent > 0 and q.t_end is None for q in hub.requests())
-
-
-def _all_loaded(recs: Sequence[dict[str, Any]], built: Any) -> None:
-    assert all(r["ok"] for r in recs), [
-        (r["rank"], r.get("error_type"), r.get("error")) for r in recs if not r["ok"]
-    ]
-    assert {r["commit"] for r in recs} == {built.commit}
-    assert {r["fingerprint"] for r in recs} == {built.fingerprint}
 
 
 # ----------------------------------------------------------------------------- fan-out
@@ -228,7 +184,7 @@ def test_one_hub_download_for_the_whole_job(
     """Node-local caches: the model comes from the Hub once (1.00x), every rank loads the same commit;
     ``baseline``: then the same job with the fan-out off, where every node downloads (N x)."""
     built = built_repos["sharded"]
-    model = _model_bytes(local_hub, built.commit)
+    model = dist_ranks.model_bytes(local_hub, built.commit)
     local_hub.set_bandwidth(model / 1.5)  # one download takes about 1.5 s
     hosts = [f"node-{n}" for n in range(nodes) for _ in range(per_node)]
     phases = [_caches(tmp_path, hosts, "fanout")]
@@ -237,19 +193,19 @@ def test_one_hub_download_for_the_whole_job(
     with _pool(_env(hf_env), tmp_path, hosts, phases) as pool:
         pool.wait_ready()
         pool.go()
-        values = _ok(pool.results())
+        values = dist_ranks.ok(pool.results())
     times = []
     for i, expected in enumerate([1, nodes][: len(phases)]):
-        recs = _phase(values, i)
-        _all_loaded(recs, built)
-        requests = _window(local_hub, recs)
-        served = _get_bytes(requests)
+        recs = dist_ranks.phase(values, i)
+        dist_ranks.all_loaded(recs, built)
+        requests = dist_ranks.window(local_hub, recs)
+        served = dist_ranks.get_bytes(requests)
         assert served == expected * model, (i, served, model)
         for f in [p for p in local_hub.store.files(SHARDED, built.commit) if p.startswith(f"{SUB}/")]:
             assert sum(q.full_body and q.filename == f for q in requests) == expected, f
         times.append(max(r["t2"] for r in recs) - min(r["t0"] for r in recs))
     # Only the source's leader downloaded from the Hub; the other leaders received; followers nothing.
-    fan = _phase(values, 0)
+    fan = dist_ranks.phase(values, 0)
     leaders = [n * per_node for n in range(nodes)]
     assert [r["rank"] for r in fan if r["downloaded"]] == leaders
     line = f"\n[{nodes} nodes x {per_node} ranks] fan-out: Hub bytes 1.00x, all loaded in {times[0]:.2f} s"
@@ -259,6 +215,46 @@ def test_one_hub_download_for_the_whole_job(
             f"({times[0] / times[1]:.2f}x the time)"
         )
     print(line)
+
+
+def test_a_callers_group_of_some_ranks(
+    local_hub: Any, built_repos: Any, hf_env: dict[str, Any], tmp_path: Path
+) -> None:
+    """``group=``: three nodes of two ranks; every rank creates ``new_group([0, 1, 2, 3])`` (the first two
+    nodes), whose ranks call ``prefetch_distributed(..., group=g)`` and load; the third node's ranks call
+    nothing but the final barrier. The group's two domain leaders build their transfer subgroup among
+    themselves (``use_local_synchronization``): rank 0 downloads, rank 2 receives from it, the Hub serves
+    the model once, and the third node's cache stays empty."""
+    built = built_repos["sharded"]
+    model = dist_ranks.model_bytes(local_hub, built.commit)
+    local_hub.set_bandwidth(model / 1.5)  # one download takes about 1.5 s
+    hosts = [f"node-{n}" for n in range(3) for _ in range(2)]
+    members = [0, 1, 2, 3]
+    caches = _caches(tmp_path, hosts, "group")
+    local_hub.reset_log()
+    with _pool(_env(hf_env), tmp_path, hosts, [caches], group_ranks=members) as pool:
+        pool.wait_ready()
+        pool.go()
+        values = dist_ranks.ok(pool.results())
+    assert [len(v["phases"]) for v in values] == [1, 1, 1, 1, 0, 0]
+    recs = dist_ranks.phase(values[: len(members)], 0)
+    dist_ranks.all_loaded(recs, built)
+    requests = dist_ranks.window(local_hub, recs)
+    assert dist_ranks.get_bytes(requests) == model  # 1.00x
+    assert local_hub.bytes_served() == model  # nothing before or after the phase either
+    for f in [p for p in local_hub.store.files(SHARDED, built.commit) if p.startswith(f"{SUB}/")]:
+        assert sum(q.full_body and q.filename == f for q in requests) == 1, f
+    # The leaders got the files (followers nothing): rank 0 from the Hub, rank 2 from rank 0.
+    assert [r["rank"] for r in recs if r["downloaded"]] == [0, 2]
+    received = re.compile(r"received \d+ bytes from rank")
+    heard = {r["rank"]: [m for m in r["heard"] if received.search(m)] for r in recs}
+    assert [(r, len(h)) for r, h in heard.items() if h] == [(2, 1)], heard
+    assert heard[2][0].endswith("from rank 0"), heard
+    # The third node's ranks never touched their cache.
+    assert not list(Path(caches[4]["cache_dir"]).glob("models--*/snapshots/*"))
+    elapsed = max(r["t2"] for r in recs) - min(r["t0"] for r in recs)
+    assert elapsed < 30, elapsed
+    print(f"\n[group= of ranks 0-3 of 6 (2 of 3 nodes)] Hub bytes 1.00x, the group loaded in {elapsed:.2f} s")
 
 
 # ----------------------------------------------------------------------------- faults
@@ -318,7 +314,7 @@ def _log(hub: Any, t0: float) -> list[tuple[Any, ...]]:
 def _survivors(results: Sequence[Any], victim: int | None) -> list[dict[str, Any]]:
     if victim is not None:
         assert results[victim].error_type == "Killed"
-    return _phase(_ok([r for r in results if r.index != victim]), 0)
+    return dist_ranks.phase(dist_ranks.ok([r for r in results if r.index != victim]), 0)
 
 
 def test_source_killed_mid_file(
@@ -335,8 +331,8 @@ def test_source_killed_mid_file(
         local_hub, hf_env, tmp_path, hosts, victim=0, wait_shard_on=2, shards=2
     )
     recs = _survivors(results, 0)
-    _all_loaded(recs, built)
-    model = _model_bytes(local_hub, built.commit)
+    dist_ranks.all_loaded(recs, built)
+    model = dist_ranks.model_bytes(local_hub, built.commit)
     served = local_hub.bytes_served()
     # What the dead source lacked is fetched again by its own node and by the first receiver, nothing
     # else: the model once (the Hub's log counts the source's stalled shard whole) + twice the lack.
@@ -361,8 +357,8 @@ def test_relay_killed_mid_chain(
     hosts = ["node-a", "node-b", "node-b", "node-c"]
     results, t_kill, _lack = _fault_run(local_hub, hf_env, tmp_path, hosts, victim=1, wait_shard_on=3)
     recs = _survivors(results, 1)
-    _all_loaded(recs, built)
-    model = _model_bytes(local_hub, built.commit)
+    dist_ranks.all_loaded(recs, built)
+    model = dist_ranks.model_bytes(local_hub, built.commit)
     served = local_hub.bytes_served()
     Path("/tmp/fanout-debug.txt").write_text(
         repr(_log(local_hub, t_kill)) + "\n" + "\n====\n".join(r.stderr[-4000:] for r in results)
@@ -382,8 +378,8 @@ def test_receiver_killed(local_hub: Any, built_repos: Any, hf_env: dict[str, Any
     hosts = ["node-a", "node-b", "node-c", "node-c"]
     results, t_kill, _lack = _fault_run(local_hub, hf_env, tmp_path, hosts, victim=2, wait_shard_on=2)
     recs = _survivors(results, 2)
-    _all_loaded(recs, built)
-    model = _model_bytes(local_hub, built.commit)
+    dist_ranks.all_loaded(recs, built)
+    model = dist_ranks.model_bytes(local_hub, built.commit)
     served = local_hub.bytes_served()
     Path("/tmp/fanout-debug.txt").write_text(
         repr(_log(local_hub, t_kill)) + "\n" + "\n====\n".join(r.stderr[-4000:] for r in results)
@@ -426,9 +422,10 @@ def test_a_split_download_is_relayed_before_it_is_published(
         front = received.stat().st_size
         assert source_record.exists() and not published.exists()
         local_hub.clear_fault(stall)
-        recs = _phase(_ok(pool.results()), 0)
-    _all_loaded(recs, built)
-    assert _get_bytes(_window(local_hub, recs)) == _model_bytes(local_hub, built.commit)
+        recs = dist_ranks.phase(dist_ranks.ok(pool.results()), 0)
+    dist_ranks.all_loaded(recs, built)
+    model = dist_ranks.model_bytes(local_hub, built.commit)
+    assert dist_ranks.get_bytes(dist_ranks.window(local_hub, recs)) == model
     print(f"\n[split download] the next node had {front} of {entry.size} bytes before the source published")
 
 
@@ -460,20 +457,20 @@ def test_error_corrupt_chunk_and_read_only_node(
         with _pool(_env(hf_env), tmp_path, hosts, phases) as pool:
             pool.wait_ready()
             pool.go()
-            values = _ok(pool.results())
-    model = _model_bytes(local_hub, built.commit)
+            values = dist_ranks.ok(pool.results())
+    model = dist_ranks.model_bytes(local_hub, built.commit)
 
-    recs = _phase(values, 0)
+    recs = dist_ranks.phase(values, 0)
     assert {r["error_type"] for r in recs} == {"GatedRepoError"}, recs
     assert len({r["error"] for r in recs}) == 1
     spread = max(r["t1"] for r in recs) - min(r["t1"] for r in recs)
     assert spread < TTL, spread
     print(f"\n[403 at the source] GatedRepoError on all {len(recs)} ranks within {spread:.2f} s")
 
-    recs = _phase(values, 1)
-    _all_loaded(recs, built)
-    requests = _window(local_hub, recs)
-    served = _get_bytes(requests)
+    recs = dist_ranks.phase(values, 1)
+    dist_ranks.all_loaded(recs, built)
+    requests = dist_ranks.window(local_hub, recs)
+    served = dist_ranks.get_bytes(requests)
     shard = local_hub.store.files(SHARDED, built.commit)[SHARD].size
     assert served == model + shard, (served, model, shard)
     assert sum(q.full_body and q.filename == SHARD for q in requests) == 2
@@ -485,9 +482,9 @@ def test_error_corrupt_chunk_and_read_only_node(
     if not mounted:
         print("[read-only node] not run: a read-only bind mount needs root")
         return
-    recs = _phase(values, 2)
-    _all_loaded(recs, built)
-    assert _get_bytes(_window(local_hub, recs)) == model
+    recs = dist_ranks.phase(values, 2)
+    dist_ranks.all_loaded(recs, built)
+    assert dist_ranks.get_bytes(dist_ranks.window(local_hub, recs)) == model
     assert [r["rank"] for r in recs if r["downloaded"]] == [0, 3]
     print("[read-only node] Hub bytes 1.00x; the read-only node served the next one from its disk")
 
@@ -529,14 +526,14 @@ def test_nodes_behind_rate_limited_links(
             ) as pool:
                 pool.wait_ready()
                 pool.go()
-                values = _ok(pool.results())
-            model = _model_bytes(hub, built.commit)
+                values = dist_ranks.ok(pool.results())
+            model = dist_ranks.model_bytes(hub, built.commit)
             figures = []
             for i, expected in enumerate([1, nodes]):
-                recs = _phase(values, i)
-                _all_loaded(recs, built)
-                requests = _window(hub, recs)
-                assert _get_bytes(requests) == expected * model
+                recs = dist_ranks.phase(values, i)
+                dist_ranks.all_loaded(recs, built)
+                requests = dist_ranks.window(hub, recs)
+                assert dist_ranks.get_bytes(requests) == expected * model
                 gets = [q for q in requests if q.kind == "get"]
                 download = max(q.t_end or q.t_start for q in gets) - min(q.t_start for q in gets)
                 ready = max(r["t1"] for r in recs) - min(r["t0"] for r in recs)

@@ -14,10 +14,11 @@ from typing import Any
 
 import pytest
 from _readonly import read_only_command, refusal, wrapper_script
-from test_distributed import TARGET, _env, _ok, _phase, _ranks
+from test_distributed import TARGET, _env
 from test_entry_matrix import ROOT, SHARDED, _repo_dir, templates
 
 from hub_prefetch.testing import WorkerPool
+from tests.support import dist_ranks
 
 pytestmark = [
     pytest.mark.slow,
@@ -39,18 +40,18 @@ def test_distributed_on_a_read_only_cache_serves_or_fails_alike_on_every_rank(
     partial = _copy(templates, "partial", ro / "partial")
     python = wrapper_script(tmp_path / "python-ro", [ro], sys.executable)
     phases = [{"cache_dir": str(complete)}, {"cache_dir": str(partial)}]
-    kwargs = _ranks(tmp_path, ["node-a", "node-a"], phases)
+    kwargs = dist_ranks.rank_kwargs(tmp_path, ["node-a", "node-a"], phases)
     env = _env(hf_env, HUB_PREFETCH_REVISION_TTL="0")  # rank 0 must ask the Hub, and cannot record it
     local_hub.reset_log()
     with WorkerPool(TARGET, kwargs, n=2, env=env, timeout=150, python=python) as pool:
         pool.wait_ready()
         pool.go()
-        values = _ok(pool.results())
+        values = dist_ranks.ok(pool.results())
     built = built_repos["sharded"]
-    served = _phase(values, 0)
+    served = dist_ranks.phase(values, 0)
     assert all(r["ok"] and r["commit"] == built.commit and r["warm"] for r in served), served
     assert {r["fingerprint"] for r in served} == {built.fingerprint}
-    failed = _phase(values, 1)
+    failed = dist_ranks.phase(values, 1)
     assert [r.get("error_type") for r in failed] == ["CacheWriteError", "CacheWriteError"], failed
     for rec in failed:
         assert str(partial) in rec["error"] and built.commit in rec["error"], rec
