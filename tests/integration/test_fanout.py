@@ -220,41 +220,42 @@ def test_one_hub_download_for_the_whole_job(
 def test_a_callers_group_of_some_ranks(
     local_hub: Any, built_repos: Any, hf_env: dict[str, Any], tmp_path: Path
 ) -> None:
-    """``group=``: three nodes of two ranks; every rank creates ``new_group([0, 1, 2, 3])`` (the first two
-    nodes), whose ranks call ``prefetch_distributed(..., group=g)`` and load; the third node's ranks call
+    """``group=``: three nodes of two ranks; every rank creates ``new_group([2, 3, 4, 5])`` (the last two
+    nodes), whose ranks call ``prefetch_distributed(..., group=g)`` and load; the first node's ranks call
     nothing but the final barrier. The group's two domain leaders build their transfer subgroup among
-    themselves (``use_local_synchronization``): rank 0 downloads, rank 2 receives from it, the Hub serves
-    the model once, and the third node's cache stays empty."""
+    themselves (``use_local_synchronization``), named by their global ranks (group ranks 0 and 2 are
+    global 2 and 4): rank 2 downloads, rank 4 receives from it, the Hub serves the model once, and the
+    first node's cache stays empty."""
     built = built_repos["sharded"]
     model = dist_ranks.model_bytes(local_hub, built.commit)
     local_hub.set_bandwidth(model / 1.5)  # one download takes about 1.5 s
     hosts = [f"node-{n}" for n in range(3) for _ in range(2)]
-    members = [0, 1, 2, 3]
+    members = [2, 3, 4, 5]
     caches = _caches(tmp_path, hosts, "group")
     local_hub.reset_log()
     with _pool(_env(hf_env), tmp_path, hosts, [caches], group_ranks=members) as pool:
         pool.wait_ready()
         pool.go()
         values = dist_ranks.ok(pool.results())
-    assert [len(v["phases"]) for v in values] == [1, 1, 1, 1, 0, 0]
-    recs = dist_ranks.phase(values[: len(members)], 0)
+    assert [len(v["phases"]) for v in values] == [0, 0, 1, 1, 1, 1]
+    recs = dist_ranks.phase(values[2:], 0)
     dist_ranks.all_loaded(recs, built)
     requests = dist_ranks.window(local_hub, recs)
     assert dist_ranks.get_bytes(requests) == model  # 1.00x
     assert local_hub.bytes_served() == model  # nothing before or after the phase either
     for f in [p for p in local_hub.store.files(SHARDED, built.commit) if p.startswith(f"{SUB}/")]:
         assert sum(q.full_body and q.filename == f for q in requests) == 1, f
-    # The leaders got the files (followers nothing): rank 0 from the Hub, rank 2 from rank 0.
-    assert [r["rank"] for r in recs if r["downloaded"]] == [0, 2]
+    # The leaders got the files (followers nothing): rank 2 from the Hub, rank 4 from rank 2.
+    assert [r["rank"] for r in recs if r["downloaded"]] == [2, 4]
     received = re.compile(r"received \d+ bytes from rank")
     heard = {r["rank"]: [m for m in r["heard"] if received.search(m)] for r in recs}
-    assert [(r, len(h)) for r, h in heard.items() if h] == [(2, 1)], heard
-    assert heard[2][0].endswith("from rank 0"), heard
-    # The third node's ranks never touched their cache.
-    assert not list(Path(caches[4]["cache_dir"]).glob("models--*/snapshots/*"))
+    assert [(r, len(h)) for r, h in heard.items() if h] == [(4, 1)], heard
+    assert heard[4][0].endswith("from rank 2"), heard
+    # The first node's ranks never touched their cache.
+    assert not list(Path(caches[0]["cache_dir"]).glob("models--*/snapshots/*"))
     elapsed = max(r["t2"] for r in recs) - min(r["t0"] for r in recs)
     assert elapsed < 30, elapsed
-    print(f"\n[group= of ranks 0-3 of 6 (2 of 3 nodes)] Hub bytes 1.00x, the group loaded in {elapsed:.2f} s")
+    print(f"\n[group= of ranks 2-5 of 6 (2 of 3 nodes)] Hub bytes 1.00x, the group loaded in {elapsed:.2f} s")
 
 
 # ----------------------------------------------------------------------------- faults
@@ -360,9 +361,6 @@ def test_relay_killed_mid_chain(
     dist_ranks.all_loaded(recs, built)
     model = dist_ranks.model_bytes(local_hub, built.commit)
     served = local_hub.bytes_served()
-    Path("/tmp/fanout-debug.txt").write_text(
-        repr(_log(local_hub, t_kill)) + "\n" + "\n====\n".join(r.stderr[-4000:] for r in results)
-    )
     assert served <= 2 * model, (served, model)
     finished = max(r["t2"] for r in recs) - t_kill
     assert finished < 2 * TTL + 30
@@ -381,9 +379,6 @@ def test_receiver_killed(local_hub: Any, built_repos: Any, hf_env: dict[str, Any
     dist_ranks.all_loaded(recs, built)
     model = dist_ranks.model_bytes(local_hub, built.commit)
     served = local_hub.bytes_served()
-    Path("/tmp/fanout-debug.txt").write_text(
-        repr(_log(local_hub, t_kill)) + "\n" + "\n====\n".join(r.stderr[-4000:] for r in results)
-    )
     assert served <= 2 * model, (served, model)
     finished = max(r["t2"] for r in recs) - t_kill
     assert finished < 2 * TTL + 30
@@ -396,8 +391,8 @@ def test_receiver_killed(local_hub: Any, built_repos: Any, hf_env: dict[str, Any
 def test_a_split_download_is_relayed_before_it_is_published(
     local_hub: Any, built_repos: Any, hf_env: dict[str, Any], tmp_path: Path
 ) -> None:
-    """The source's engine splits each shard into 64 KiB ranges (``HUB_PREFETCH_PART_SIZE``), written out
-    of order by several connections. One range of the shard stalls at the Hub after 40 kB: the source
+    """The source's engine splits each shard into ranges of 192 KiB (``HUB_PREFETCH_PART_SIZE``), written
+    out of order by several connections. One range of the shard stalls at the Hub after 150 kB: the source
     cannot publish that shard, yet the next node already holds its front (the contiguous prefix the
     ``.parts`` record tells); once the stall is lifted every rank loads, from one Hub download."""
     built = built_repos["sharded"]
@@ -408,16 +403,18 @@ def test_a_split_download_is_relayed_before_it_is_published(
     source_record = repo[0] / ".hub_prefetch" / "partial" / f"{entry.sha256}.parts"
     received = repo[1] / ".hub_prefetch" / "partial" / entry.sha256
     published = repo[0] / "blobs" / entry.sha256
-    assert entry.size > 4 * 65536, entry.size  # it is split
+    part = 192 << 10
+    assert entry.size >= 2 * part, entry.size  # it is split
     local_hub.reset_log()
-    stall = local_hub.stall(f"*/{SHARD}", after_bytes=40_000)
-    with _pool(_env(hf_env, HUB_PREFETCH_PART_SIZE="65536"), tmp_path, hosts, [caches]) as pool:
+    stall = local_hub.stall(f"*/{SHARD}", after_bytes=150_000)
+    with _pool(_env(hf_env, HUB_PREFETCH_PART_SIZE=str(part)), tmp_path, hosts, [caches]) as pool:
         pool.wait_ready()
         pool.go()
         _until("the source's download stalls in a range of the shard", lambda: _stalled(local_hub))
         _until(
             "the next node holds the front of the stalled shard",
-            lambda: received.exists() and received.stat().st_size >= 40_000,
+            # The front is at least 150 kB: the source sends whole 64 KiB chunks of a file in progress.
+            lambda: received.exists() and received.stat().st_size >= 2 * (64 << 10),
         )
         front = received.stat().st_size
         assert source_record.exists() and not published.exists()
@@ -504,9 +501,9 @@ def test_nodes_behind_rate_limited_links(
 ) -> None:
     """Four nodes, each in its own network namespace behind a veth pair limited by tc to 1 MB/s each way,
     the Hub's uplink limited to the same rate. Every node downloading shares that uplink four ways; the
-    fan-out costs one download plus the source's upload of the model (this model's files are smaller
-    than the 10 MB blocks huggingface_hub writes, so the source relays each file once it is whole) plus
-    a chunk per hop (each relay forwards a chunk as soon as it has it)."""
+    fan-out costs about one download plus a chunk per hop: the source forwards its engine's partial
+    files as they grow, and each relay forwards a chunk as soon as it has it. (Bounds only: the speed is
+    measured in ``benchmarks/fanout.py --link-mbit``.)"""
     from hub_prefetch.testing import LocalHub
     from hub_prefetch.testing.netns import links
 

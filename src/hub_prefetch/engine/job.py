@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ..verify import ExpectedFile
 from .digest import Digest, complete_from_headers
-from .parts import Part, PartsRecord, drop_parts, load_parts, plan_parts
+from .parts import Part, PartsRecord, contiguous_prefix, drop_parts, load_parts, plan_parts
 
 __all__ = ["FileJob"]
 
@@ -100,14 +100,7 @@ class FileJob:
 
     def _frontier(self) -> int:
         with self._state:
-            front = 0
-            for p in self.parts:
-                if p.start != front:
-                    break
-                front = p.offset
-                if not p.complete:
-                    break
-            return front
+            return contiguous_prefix(self.parts)
 
     def hash_forward(self, offset: int = -1, chunk: bytes | None = None, *, wait: bool = False) -> None:
         """Hash the contiguous prefix as far as it reaches; whoever holds the hashing lock does it."""

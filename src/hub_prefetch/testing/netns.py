@@ -1,5 +1,7 @@
 """Simulated nodes with real links: one network namespace per node, joined to a bridge by a veth pair
 whose two ends are rate-limited with ``tc`` (tbf), so a node's uplink and downlink are real bottlenecks.
+Each queue holds at most 20 ms of traffic, a shallow switch buffer: a deep one (bufferbloat) holds the
+acknowledgements of a node's uploads behind its own download and slows the uploads to a crawl.
 
 The bridge carries ``10.<net>.0.254`` (a /24 no interface uses yet); node ``i`` is
 ``10.<net>.0.<i+1>`` on its interface ``eth0`` (one name inside every namespace:
@@ -125,7 +127,7 @@ def links(nodes: int, *, rate_mbit: float, tag: str | None = None, net: int | No
                 "burst",
                 burst,
                 "latency",
-                "200ms",
+                "20ms",
             )
             _must(
                 _IP, "netns", "exec", ns, _TC, "qdisc", "add", "dev", "eth0", "root", "tbf", "rate", rate,
