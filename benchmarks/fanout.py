@@ -369,6 +369,8 @@ def main(argv: list[str] | None = None) -> int:
         else f"per-node links of {link:g} Mbit/s ({link / 8:g} MB/s) each way"
     )
     name = "fanout" if link is None else "fanout-links"
+    if link is not None and a.bandwidth_mb is not None and abs(bandwidth_mb - link / 8) > 1e-9:
+        name += f"-hub{round(100 * bandwidth_mb / (link / 8))}"  # the Hub's share of a link, in %
 
     work = Path(tempfile.mkdtemp(prefix="hub-prefetch-bench-fanout-"))
     hub = None
