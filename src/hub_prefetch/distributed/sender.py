@@ -13,20 +13,21 @@ from collections.abc import Callable
 from ..engine import Digest
 from .localcopy import GaveUp, LocalCopy
 from .manifest import Item
-from .transfer import ABORT, CTRL_TAG, DATA, END, KEEPALIVE, MANIFEST, RESUME, Channel, PeerFailed
+from .transfer import ABORT, CTRL_TAG, END, KEEPALIVE, MANIFEST, RESUME, Channel, PeerFailed
 
 __all__ = ["CHUNK_TIME", "MAX_CHUNK", "MIN_CHUNK", "WARM", "Sender"]
 
 logger = logging.getLogger("hub_prefetch.distributed")
 
 #: The smallest and largest DATA message. A relay forwards a chunk once it has all of it, so a chunk's
-#: time on the wire is what every hop adds; each message also costs a fixed ~0.1-0.6 ms (gloo, Python).
-#: The size follows the rate measured on the link: about ``CHUNK_TIME`` of it per message (64 KiB up to
-#: 13 MB/s, 4 MiB from 800 MB/s), so slow links keep hops short and fast ones keep their throughput.
+#: time on the wire is what every hop adds; each message also costs a fixed time (gloo, Python). The
+#: size follows the rate the link shows while the sender has a backlog: about ``CHUNK_TIME`` of it per
+#: message (64 KiB up to 13 MB/s, 1 MiB from 200 MB/s), so slow links keep hops short and fast ones
+#: their throughput. Without a backlog the source's download is the limit, and the size stays put.
 MIN_CHUNK = 64 << 10
-MAX_CHUNK = 4 << 20
+MAX_CHUNK = 1 << 20
 CHUNK_TIME = 0.005
-_TRUST_AFTER = 16 << 20
+_TRUST_AFTER = 16 << 20  # backlogged bytes sent before the rate is trusted (a send buffer hides the link)
 #: RESUME's value from a leader whose cache is already warm: the manifest only, no items.
 WARM = 1
 _POLL = 0.02
@@ -40,8 +41,6 @@ class Sender:
         self.ttl = channel.timeout
         self.chunk = MIN_CHUNK
         self.sent_bytes, self.send_time = 0, 0.0
-        self.buf = channel.buffer(MAX_CHUNK)  # one chunk at a time: the sender is one thread
-        self.view = memoryview(self.buf.numpy()).cast("B")
         self._thread = threading.Thread(target=self._serve, name="hub-prefetch-fanout-send", daemon=True)
 
     def start(self) -> None:
@@ -57,6 +56,7 @@ class Sender:
             try:
                 self._serve_one(downstream)
             except PeerFailed as exc:
+                self.ch.drop(exc.peer)
                 logger.warning("rank %d: %s; serving the next leader", self.me, exc)
             except Exception:
                 logger.exception("rank %d: the fan-out sender failed", self.me)
@@ -98,6 +98,7 @@ class Sender:
                         outs.remove(out)
                 if not moved:
                     time.sleep(_POLL)  # a file between its temp name and its published one
+            self.ch.flush()
         except GaveUp:
             self._abort(downstream)
         finally:
@@ -116,9 +117,9 @@ class Sender:
             self.ch.send(downstream, KEEPALIVE)
 
     def timed(self, n: int, seconds: float) -> None:
-        """A chunk of ``n`` bytes took ``seconds`` to send. Once more has gone out than a socket's send
-        buffer can hide (its first megabytes seem to leave at once), aim each chunk at ``CHUNK_TIME`` of
-        the rate seen so far, at most doubling or halving at a time."""
+        """A chunk of ``n`` bytes took ``seconds`` to hand over while more was waiting to be sent. Once
+        more has gone out than a socket's send buffer can hide (its first megabytes seem to leave at
+        once), aim each chunk at ``CHUNK_TIME`` of the rate seen, at most doubling or halving at a time."""
         self.sent_bytes += n
         self.send_time += seconds
         if self.sent_bytes < _TRUST_AFTER:
@@ -192,18 +193,20 @@ class _Outgoing:
                 if final and not self.sent:
                     self.check = None  # a verified or published file: the receiver checks it anyway
             sender = self.sender
-            n = os.preadv(self.fd, [sender.view[: min(sender.chunk, avail - self.sent)]], self.sent)
+            started = time.monotonic()
+            buffer, view = ch.data_buffer()  # waits for the frame sent two chunks ago
+            n = os.preadv(self.fd, [view[: min(sender.chunk, avail - self.sent)]], self.sent)
             if not n:
                 self.close()  # a temp file left behind (a retried download writes a new one): reopen by name
                 return _IDLE
-            chunk = sender.view[:n]
+            chunk = view[:n]
             if self.check is not None:
                 self.check.update(chunk)
             ch.corrupt(item.paths[0], self.first, chunk)
-            started = time.monotonic()
-            ch.send(downstream, DATA, j, self.sent, sender.buf[:n])
-            sender.timed(n, time.monotonic() - started)
+            ch.send_data(downstream, buffer, item=j, offset=self.sent, n=n)
             self.sent += n
+            if avail - self.sent >= sender.chunk:  # a backlog: the hand-over time is the link's
+                sender.timed(n, time.monotonic() - started)
             self.first = False
             return _SENT
         if final and self.sent >= item.size:

@@ -1,11 +1,17 @@
 """The wire of the peer fan-out: framed messages between two domain leaders over a gloo subgroup.
 
-A message is a header of four int64 (kind, item, value, payload length) and, when the length is not
-zero, a uint8 payload. Every send and receive waits at most ``timeout`` seconds (the lease TTL): a
-peer that is gone fails at once (gloo reports the closed connection), one that stalls fails after the
-timeout, never after the job's collective timeout. A peer that failed once is never used again by
-this call: an operation that timed out may still be pending inside gloo, so its tensors are kept
-alive (``_stale``) and that peer's channel is never reused.
+A message is one frame: a header of five int64 (kind, item, value, this frame's payload length, the
+bytes of the message still to come in further frames) and the payload, at most ``MAX_PAYLOAD`` bytes.
+The receiver keeps ``DEPTH`` receives of a whole frame posted per peer, and the sender keeps two data
+frames in flight: gloo hands a send over only once its receive is posted, and a receive posted just in
+time costs a one-way trip per message, which a node whose downlink is full of its own Hub download
+pays in queueing delay (at 80 Mbit/s an upload fell to half the link; with frames posted ahead it keeps
+the link).
+
+Every send and receive waits at most ``timeout`` seconds (the lease TTL): a peer that is gone fails at
+once (gloo reports the closed connection), one that stalls fails after the timeout, never after the
+job's collective timeout. A peer that failed once is never used again by this call: an operation that
+timed out may still be pending inside gloo, so its tensors are kept alive (``_stale``).
 
 For tests only, ``HUB_PREFETCH_FANOUT_FAULT=corrupt:<rank>:<path glob>`` makes rank ``<rank>`` flip
 one byte of the first chunk it sends of a matching file (a chunk corrupted in transit).
@@ -16,6 +22,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 import os
+from collections import deque
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -40,6 +47,13 @@ MANIFEST, DATA, END, KEEPALIVE, ABORT, RESUME = 1, 2, 3, 4, 5, 6
 #: Tags: the stream (upstream -> downstream) and the control messages (downstream -> upstream).
 DATA_TAG, CTRL_TAG = 17, 18
 FAULT_ENV = "HUB_PREFETCH_FANOUT_FAULT"
+#: The header (five int64), the largest payload of one frame, and the receives kept posted per peer.
+HEAD_BYTES = 40
+MAX_PAYLOAD = 4 << 20
+DEPTH = 4
+_KINDS = (MANIFEST, DATA, END, KEEPALIVE, ABORT, RESUME)
+# Receives still posted when a channel is closed: gloo may hold their buffers until the process ends.
+_GRAVEYARD: list[Any] = []
 
 logger = logging.getLogger("hub_prefetch.distributed")
 
@@ -75,6 +89,11 @@ class Channel:
         self.rank = rank
         self.timeout = timeout
         self._stale: list[Any] = []  # operations that failed: keep their tensors alive
+        self._posted: dict[tuple[int, int], deque[tuple[Any, Any]]] = {}
+        self._ring = [torch.empty(HEAD_BYTES + MAX_PAYLOAD, dtype=torch.uint8) for _ in range(2)]
+        self._ring_views = [t.numpy().data.cast("B") for t in self._ring]
+        self._in_flight: list[tuple[Any, int] | None] = [None, None]
+        self._next = 0
         self._fault = _parse_fault(os.environ.get(FAULT_ENV, ""), rank)
 
     def _wait(self, work: Any, keep: Any, peer: int, what: str, timeout: float | None) -> None:
@@ -84,54 +103,107 @@ class Channel:
             self._stale.append((work, keep))
             raise PeerFailed(peer, f"{what} failed: {str(exc).splitlines()[0][:200]}") from exc
 
+    def _frame(self, kind: int, item: int, value: int, payload: bytes | memoryview, more: int) -> Any:
+        torch = self._torch
+        frame = torch.empty(HEAD_BYTES + len(payload), dtype=torch.uint8)
+        frame[:HEAD_BYTES].view(torch.int64)[:] = torch.tensor([kind, item, value, len(payload), more])
+        if len(payload):
+            frame[HEAD_BYTES:] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
+        return frame
+
     def send(
         self,
         peer: int,
         kind: int,
         item: int = 0,
         value: int = 0,
-        payload: bytes | memoryview | Any = b"",
+        payload: bytes | memoryview = b"",
         *,
         tag: int = DATA_TAG,
     ) -> None:
-        """``payload``: bytes, or a uint8 tensor (sent without a copy; reusable once this returns)."""
-        torch = self._torch
-        length = int(payload.numel()) if isinstance(payload, torch.Tensor) else len(payload)
-        header = torch.tensor([kind, item, value, length], dtype=torch.int64)
-        head = self.dist.isend(header, dst=peer, group=self.group, tag=tag)
-        if not length:
-            self._wait(head, header, peer, "send", None)
-            return
-        if isinstance(payload, torch.Tensor):
-            body = payload
-        else:
-            body = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
-        # Both posted before either is awaited: one wait per message, so a sender that shares its
-        # process (and the GIL) with a download waits for the interpreter once per chunk, not twice.
-        work = self.dist.isend(body, dst=peer, group=self.group, tag=tag)
-        self._wait(head, (header, body, work), peer, "send", None)
-        self._wait(work, body, peer, "send", None)
+        """One message, in as many frames as its payload needs; returns once every frame is handed over."""
+        view = memoryview(payload).cast("B")
+        works = []
+        offset = 0
+        while True:
+            n = min(MAX_PAYLOAD, len(view) - offset)
+            frame = self._frame(kind, item, value, view[offset : offset + n], len(view) - offset - n)
+            works.append((self.dist.isend(frame, dst=peer, group=self.group, tag=tag), frame))
+            offset += n
+            if offset >= len(view):
+                break
+        for work, frame in works:
+            self._wait(work, frame, peer, "send", None)
 
-    def buffer(self, size: int) -> Any:
-        """A uint8 tensor to read a chunk into and :meth:`send` as it is."""
-        return self._torch.empty(size, dtype=self._torch.uint8)
+    def data_buffer(self) -> tuple[int, memoryview]:
+        """A send buffer whose previous frame is handed over, and the view its payload goes into."""
+        i = self._next
+        pending = self._in_flight[i]
+        if pending is not None:
+            self._in_flight[i] = None
+            self._wait(pending[0], self._ring[i], pending[1], "send", None)
+        return i, self._ring_views[i][HEAD_BYTES:]
+
+    def send_data(self, peer: int, buffer: int, *, item: int, offset: int, n: int) -> None:
+        """Post a DATA frame of the ``n`` bytes put in :meth:`data_buffer`'s view; do not wait for it."""
+        torch = self._torch
+        frame = self._ring[buffer]
+        frame[:HEAD_BYTES].view(torch.int64)[:] = torch.tensor([DATA, item, offset, n, 0])
+        work = self.dist.isend(frame[: HEAD_BYTES + n], dst=peer, group=self.group, tag=DATA_TAG)
+        self._in_flight[buffer] = (work, peer)
+        self._next = 1 - buffer
+
+    def drop(self, peer: int) -> None:
+        """Forget the DATA frames in flight to ``peer`` (it failed): they are never awaited again, so the
+        stream to the next peer does not inherit that failure."""
+        for i, pending in enumerate(self._in_flight):
+            if pending is not None and pending[1] == peer:
+                self._stale.append((pending[0], self._ring[i]))
+                self._in_flight[i] = None
+                self._ring[i] = self._torch.empty(HEAD_BYTES + MAX_PAYLOAD, dtype=self._torch.uint8)
+                self._ring_views[i] = self._ring[i].numpy().data.cast("B")
+
+    def flush(self) -> None:
+        """Wait until every DATA frame in flight is handed over."""
+        for i in (self._next, 1 - self._next):
+            pending = self._in_flight[i]
+            if pending is not None:
+                self._in_flight[i] = None
+                self._wait(pending[0], self._ring[i], pending[1], "send", None)
+
+    def _post(self, peer: int, tag: int) -> None:
+        torch = self._torch
+        buf = torch.empty(HEAD_BYTES + MAX_PAYLOAD, dtype=torch.uint8)  # pages are touched only as filled
+        work = self.dist.irecv(buf, src=peer, group=self.group, tag=tag)
+        self._posted.setdefault((peer, tag), deque()).append((work, buf))
+
+    def _frame_in(self, peer: int, tag: int, timeout: float | None) -> tuple[list[int], memoryview]:
+        posted = self._posted.setdefault((peer, tag), deque())
+        while len(posted) < DEPTH:
+            self._post(peer, tag)
+        work, buf = posted.popleft()
+        self._post(peer, tag)
+        self._wait(work, buf, peer, "receive", timeout)
+        header = [int(x) for x in buf[:HEAD_BYTES].view(self._torch.int64).tolist()]
+        kind, _item, _value, length, more = header
+        if kind not in _KINDS or not 0 <= length <= MAX_PAYLOAD or not 0 <= more <= 1 << 34:
+            raise PeerFailed(peer, f"out of protocol: header {header}")
+        return header, memoryview(buf.numpy()).cast("B")[HEAD_BYTES : HEAD_BYTES + length]
 
     def recv(self, peer: int, *, tag: int = DATA_TAG, timeout: float | None = None) -> Message:
-        torch = self._torch
-        header = torch.zeros(4, dtype=torch.int64)
-        work = self.dist.irecv(header, src=peer, group=self.group, tag=tag)
-        self._wait(work, header, peer, "receive", timeout)
-        kind, item, value, length = (int(x) for x in header.tolist())
-        if kind not in (MANIFEST, DATA, END, KEEPALIVE, ABORT, RESUME) or length < 0 or length > 1 << 31:
-            self._stale.append((work, header))
-            raise PeerFailed(peer, f"out of protocol: header {header.tolist()}")
-        payload: bytes | memoryview = b""
-        if length:
-            body = torch.empty(length, dtype=torch.uint8)
-            work = self.dist.irecv(body, src=peer, group=self.group, tag=tag)
-            self._wait(work, body, peer, "receive", timeout)
-            payload = memoryview(body.numpy()).cast("B")  # a view of the buffer: no copy
-        return Message(kind, item, value, payload)
+        """The next message from ``peer``; its payload is a view of the receive buffer, no copy."""
+        header, payload = self._frame_in(peer, tag, timeout)
+        kind, item, value, _length, more = header
+        if not more:
+            return Message(kind, item, value, payload)
+        parts = [bytes(payload)]
+        while more:
+            header, payload = self._frame_in(peer, tag, timeout)
+            if header[:3] != [kind, item, value] or header[4] >= more:
+                raise PeerFailed(peer, f"out of protocol: frame {header} within a message of kind {kind}")
+            parts.append(bytes(payload))
+            more = header[4]
+        return Message(kind, item, value, b"".join(parts))
 
     def corrupt(self, path: str, first_chunk: bool, data: memoryview) -> None:
         """The test fault: flip one byte of the first chunk of a matching file (in place)."""
@@ -146,9 +218,12 @@ class Channel:
 
     def close(self) -> None:
         """Destroy the subgroup (a local call; a peer that still talks to this rank fails at once). Kept
-        when an operation failed: it may still be pending inside gloo with its buffers."""
+        when an operation failed: it may still be pending inside gloo with its buffers. The receives
+        still posted for frames that never came are cancelled by the destruction."""
         if self._stale or self.group is None:
             return
+        _GRAVEYARD.extend(self._posted.values())
+        self._posted = {}
         try:
             self.dist.destroy_process_group(self.group)
         except Exception as exc:  # noqa: BLE001 - its sockets then close with the process
