@@ -56,8 +56,8 @@ bench: $(VENV)/new/.installed $(VENV)/old/.installed
 	$(VENV)/new/bin/python -m benchmarks.run --quick
 	$(VENV)/new/bin/python -m benchmarks.engine --quick
 	$(VENV)/new/bin/python -m benchmarks.fanout
-	$(VENV)/new/bin/python -m benchmarks.fanout --link-mbit 80
-	$(VENV)/new/bin/python -m benchmarks.fanout --link-mbit 80 --bandwidth-mb 9
+	$(VENV)/new/bin/python -m benchmarks.fanout --link-mbit 80 --repeat 3
+	$(VENV)/new/bin/python -m benchmarks.fanout --link-mbit 80 --bandwidth-mb 9 --repeat 3
 
 bench-full: $(VENV)/new/.installed $(VENV)/old/.installed
 	$(VENV)/new/bin/python -m benchmarks.run --full
