@@ -3,7 +3,8 @@
 - Pages that live elsewhere in the repo are added to the site as they are, never copied by hand:
   ``CHANGELOG.md`` becomes ``changelog.md``, and ``benchmarks/results/`` (the tables ``make bench`` and
   ``make bench-full`` write, and their plots) keeps its layout, each ``README.md`` as that folder's
-  ``index.md`` (a new results folder must be added to the nav: strict mode fails on a page outside it).
+  ``index.md``, any other ``.md`` a page of its own (a new results page or folder must be added to the
+  nav: strict mode fails on a page outside it).
 - Every public member of the modules the API reference renders must have a docstring: one without is a
   warning, and ``mkdocs build --strict`` (``make docs``) fails on warnings. mkdocstrings would otherwise
   leave it out silently (``show_if_no_docstring: false``).
@@ -42,6 +43,9 @@ def on_files(files: Files, config: Any) -> Files:
             continue
         if path.name == "README.md":  # benchmarks/results/X/README.md -> benchmarks/results/X/index.md
             uri = (Path("benchmarks/results") / rel.parent / "index.md").as_posix()
+            files.append(File.generated(config, uri, content=path.read_text()))
+        elif path.suffix == ".md":  # another table of results (the fan-out's): a page of its own
+            uri = (Path("benchmarks/results") / rel).as_posix()
             files.append(File.generated(config, uri, content=path.read_text()))
         elif path.suffix == ".png":
             uri = (Path("benchmarks/results") / rel).as_posix()
