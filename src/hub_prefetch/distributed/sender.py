@@ -169,7 +169,10 @@ class _Outgoing:
         copy, j = self.copy, self.j
         if copy.gen[j] != self.gen or copy.final[j]:
             return True
-        return copy.avail[j] - self.sent >= self.sender.chunk and not self.again
+        return self._whole_chunk(copy.avail[j])
+
+    def _whole_chunk(self, avail: int) -> bool:
+        return avail - self.sent >= self.sender.chunk and not self.again
 
     def step(self, downstream: int) -> object:
         """Send a chunk or this generation's END: ``_SENT``, ``_DONE`` (END ok), ``_IDLE`` (nothing yet)."""
@@ -181,8 +184,7 @@ class _Outgoing:
             ch.send(downstream, END, j, 0)
             self._start()
             return _SENT
-        whole = avail - self.sent >= self.sender.chunk and not self.again
-        if self.sent < avail and path is not None and (final or whole):
+        if self.sent < avail and path is not None and (final or self._whole_chunk(avail)):
             if self.fd is None:
                 try:
                     self.fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))

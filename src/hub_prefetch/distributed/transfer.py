@@ -90,7 +90,7 @@ class Channel:
         self.timeout = timeout
         self._stale: list[Any] = []  # operations that failed: keep their tensors alive
         self._posted: dict[tuple[int, int], deque[tuple[Any, Any]]] = {}
-        self._ring = [torch.empty(HEAD_BYTES + MAX_PAYLOAD, dtype=torch.uint8) for _ in range(2)]
+        self._ring = [self._frame_buffer() for _ in range(2)]
         self._ring_views = [t.numpy().data.cast("B") for t in self._ring]
         self._in_flight: list[tuple[Any, int] | None] = [None, None]
         self._next = 0
@@ -103,10 +103,19 @@ class Channel:
             self._stale.append((work, keep))
             raise PeerFailed(peer, f"{what} failed: {str(exc).splitlines()[0][:200]}") from exc
 
+    def _frame_buffer(self) -> Any:
+        """Room for a whole frame (its pages are touched only as they are filled)."""
+        return self._torch.empty(HEAD_BYTES + MAX_PAYLOAD, dtype=self._torch.uint8)
+
+    def _head(self, frame: Any, fields: list[int]) -> None:
+        """Write the header: kind, item, value, this frame's payload length, bytes still to come."""
+        torch = self._torch
+        frame[:HEAD_BYTES].view(torch.int64)[:] = torch.tensor(fields)
+
     def _frame(self, kind: int, item: int, value: int, payload: bytes | memoryview, more: int) -> Any:
         torch = self._torch
         frame = torch.empty(HEAD_BYTES + len(payload), dtype=torch.uint8)
-        frame[:HEAD_BYTES].view(torch.int64)[:] = torch.tensor([kind, item, value, len(payload), more])
+        self._head(frame, [kind, item, value, len(payload), more])
         if len(payload):
             frame[HEAD_BYTES:] = torch.frombuffer(bytearray(payload), dtype=torch.uint8)
         return frame
@@ -138,17 +147,20 @@ class Channel:
     def data_buffer(self) -> tuple[int, memoryview]:
         """A send buffer whose previous frame is handed over, and the view its payload goes into."""
         i = self._next
+        self._settle(i)
+        return i, self._ring_views[i][HEAD_BYTES:]
+
+    def _settle(self, i: int) -> None:
+        """Wait until ring buffer ``i``'s frame in flight, if any, is handed over."""
         pending = self._in_flight[i]
         if pending is not None:
             self._in_flight[i] = None
             self._wait(pending[0], self._ring[i], pending[1], "send", None)
-        return i, self._ring_views[i][HEAD_BYTES:]
 
     def send_data(self, peer: int, buffer: int, *, item: int, offset: int, n: int) -> None:
         """Post a DATA frame of the ``n`` bytes put in :meth:`data_buffer`'s view; do not wait for it."""
-        torch = self._torch
         frame = self._ring[buffer]
-        frame[:HEAD_BYTES].view(torch.int64)[:] = torch.tensor([DATA, item, offset, n, 0])
+        self._head(frame, [DATA, item, offset, n, 0])
         work = self.dist.isend(frame[: HEAD_BYTES + n], dst=peer, group=self.group, tag=DATA_TAG)
         self._in_flight[buffer] = (work, peer)
         self._next = 1 - buffer
@@ -160,20 +172,16 @@ class Channel:
             if pending is not None and pending[1] == peer:
                 self._stale.append((pending[0], self._ring[i]))
                 self._in_flight[i] = None
-                self._ring[i] = self._torch.empty(HEAD_BYTES + MAX_PAYLOAD, dtype=self._torch.uint8)
+                self._ring[i] = self._frame_buffer()
                 self._ring_views[i] = self._ring[i].numpy().data.cast("B")
 
     def flush(self) -> None:
         """Wait until every DATA frame in flight is handed over."""
         for i in (self._next, 1 - self._next):
-            pending = self._in_flight[i]
-            if pending is not None:
-                self._in_flight[i] = None
-                self._wait(pending[0], self._ring[i], pending[1], "send", None)
+            self._settle(i)
 
     def _post(self, peer: int, tag: int) -> None:
-        torch = self._torch
-        buf = torch.empty(HEAD_BYTES + MAX_PAYLOAD, dtype=torch.uint8)  # pages are touched only as filled
+        buf = self._frame_buffer()
         work = self.dist.irecv(buf, src=peer, group=self.group, tag=tag)
         self._posted.setdefault((peer, tag), deque()).append((work, buf))
 
